@@ -1,0 +1,43 @@
+"""Celery configuration, from the one settings object (settings.py).
+
+Delivery is at least once: tasks are acknowledged after they finish (``acks_late``) and a task
+whose worker died is redelivered (``reject_on_worker_lost``; the Redis and embedded brokers
+redeliver unacknowledged messages after their visibility timeout). Every task is idempotent, so a
+second run is harmless.
+"""
+
+from kombu import Queue
+
+from settings import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.resolved_broker_url
+result_backend = None  # results live in the store (changes table), not in Celery
+task_ignore_result = True
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True  # failures end in a dead-letter record, not a requeue loop
+worker_prefetch_multiplier = 1
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": (
+        _settings.embedded_visibility_timeout_s
+        if _settings.is_embedded_broker
+        else _settings.redis_visibility_timeout_s
+    ),
+}
+
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+worker_send_task_events = True  # what flower reads
+task_send_sent_event = True
+
+# ingest: webhook deliveries; inbox / helpdesk: work on tickets and conversations, routed by
+# R1/R2 (handlers/routing.py); bulk: long jobs. Each can get its own workers.
+task_queues = [Queue("ingest"), Queue("inbox"), Queue("helpdesk"), Queue("bulk")]
+task_default_queue = "inbox"
+task_routes = {"inboxsync.ingest_batch": {"queue": "ingest"}}

@@ -1,0 +1,238 @@
+"""Applying one change to the store, idempotently and in order.
+
+The contract (DESIGN.md, "What idempotent must mean here"):
+
+- a change id already recorded is a no-op that returns the first result;
+- the case's rows are locked for the whole transaction, so two workers on one ticket queue;
+- a change at or after the case's clock is folded onto the current state (``handlers.rules``);
+- a change older than the clock is put in its place: the case's whole history (changes and
+  inbound messages) is replayed in order from the initial state and the difference saved. The end
+  state is then the state of applying each distinct change once, in the order they happened,
+  whatever order they arrived in. Replays are rare (reordered deliveries) and bounded by one case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import orjson
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from handlers import routing, rules
+from handlers.rules import Case, ConversationState, Effect, RuleRefusal
+from schemas import changes as c
+from settings import Settings
+from store import cases
+from store.models import Account, Change, Conversation, Owner, Ticket
+from store.models import Effect as EffectRow
+
+
+class ChangeConflict(Exception):
+    """The same change id was reused for a different change."""
+
+
+def request_digest(action: c.Action) -> str:
+    return hashlib.sha256(
+        orjson.dumps(action.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+def _targets(action: c.Action) -> tuple[list[int], list[int]]:
+    conv = getattr(action, "conversation_id", None)
+    ticket = getattr(action, "ticket_id", None)
+    return ([conv] if conv is not None else []), ([ticket] if ticket is not None else [])
+
+
+def apply_change(session: Session, env: c.ChangeEnvelope, settings: Settings) -> c.ChangeResult:
+    """Apply ``env`` once. Call inside a transaction; the caller commits."""
+    digest = env.request_sha256 or request_digest(env.action)
+    if (prior := _recorded(session, env.id, digest)) is not None:
+        return prior
+    conv_ids, ticket_ids = _targets(env.action)
+    try:
+        loaded = cases.lock_case(session, conversation_ids=conv_ids, ticket_ids=ticket_ids)
+        _check_account(loaded, env.account_id)
+    except cases.NotFound as exc:
+        return _record(session, env, digest, RuleRefusal("-", str(exc), 404), [], False)
+    # Checked again under the case's locks: a concurrent worker may have just applied it.
+    if (prior := _recorded(session, env.id, digest)) is not None:
+        return prior
+    action = env.action
+    try:
+        _check_owner(session, action, env.account_id)
+        if isinstance(action, c.CreateTicket):
+            action = _allocate_ticket(session, loaded, action, env, settings)
+        effects, replayed = fold_into_case(session, loaded, env.id, env.occurred_at, action)
+    except RuleRefusal as refusal:
+        return _record(session, env, digest, refusal, [], False, action)
+    cases.save_case(session, loaded, env.occurred_at)
+    return _record(session, env, digest, None, effects, replayed, action)
+
+
+def fold_into_case(
+    session: Session,
+    loaded: cases.LoadedCase,
+    change_id: str,
+    occurred_at: datetime,
+    action: c.Action,
+) -> tuple[list[Effect], bool]:
+    """Apply ``action`` to a locked case, replaying its history if the change is late.
+
+    An inbound message takes part as ``MessageReceived`` with the id ``message:<row id>``.
+    """
+    for cid in _targets(action)[0]:
+        loaded.touched.add(("conversation", cid))
+    for tid in _targets(action)[1]:
+        loaded.touched.add(("ticket", tid))
+    if occurred_at >= loaded.last_change_at:
+        return rules.apply(loaded.case, change_id, action), False
+    events = cases.history(session, loaded.case)
+    if not isinstance(action, c.MessageReceived):  # messages are in history already
+        events.append((occurred_at, change_id, action))
+        events.sort(key=lambda e: c.order_key(e[0], e[1]))
+    replayed = Case(
+        conversations={cid: ConversationState(id=cid) for cid in loaded.case.conversations}
+    )
+    mine: list[Effect] = []
+    for _at, event_id, event in events:
+        try:
+            produced = rules.apply(replayed, event_id, event)
+        except RuleRefusal:
+            continue  # refused at this point of history: a no-op here
+        if event_id == change_id:
+            mine = produced
+    # Tickets are rows even before their creation is replayed; keep what history did not touch.
+    for tid, ticket in loaded.case.tickets.items():
+        replayed.tickets.setdefault(tid, ticket)
+    loaded.case.conversations, loaded.case.tickets = replayed.conversations, replayed.tickets
+    return mine, True
+
+
+def _recorded(session: Session, change_id: str, digest: str) -> c.ChangeResult | None:
+    row = session.execute(
+        select(Change.result, Change.request_sha256).where(Change.id == change_id)
+    ).first()
+    if row is None:
+        return None
+    if row.request_sha256 and row.request_sha256 != digest:
+        raise ChangeConflict(f"change id {change_id!r} was already used for a different change")
+    return c.ChangeResult.model_validate({**row.result, "duplicate": True})
+
+
+def _check_account(loaded: cases.LoadedCase, account_id: int) -> None:
+    for (entity, entity_id), owner_account in loaded.account_ids.items():
+        if owner_account != account_id:
+            raise cases.NotFound(entity, entity_id)
+
+
+def _check_owner(session: Session, action: c.Action, account_id: int) -> None:
+    owner_id = getattr(action, "owner_id", None)
+    if owner_id is None:
+        return
+    found = session.scalar(
+        select(Owner.id).where(Owner.id == owner_id, Owner.account_id == account_id)
+    )
+    if found is None:
+        raise RuleRefusal("-", f"owner {owner_id} not found in this account", 422)
+
+
+def _allocate_ticket(
+    session: Session,
+    loaded: cases.LoadedCase,
+    action: c.CreateTicket,
+    env: c.ChangeEnvelope,
+    settings: Settings,
+) -> c.CreateTicket:
+    conv = loaded.case.conversations[action.conversation_id]
+    if conv.ticket_id is not None or conv.removed_by is not None:
+        return action  # T1 returns the existing ticket; a trashed conversation is refused
+    account = session.get_one(Account, env.account_id)
+    location = routing.ticket_location(
+        account.tier,
+        cases.aware(account.created_at),
+        cutoff=settings.helpdesk_cutoff,
+        helpdesk_tiers=settings.helpdesk_tiers,
+    )
+    ticket_id = session.scalar(
+        insert(Ticket)
+        .values(
+            account_id=env.account_id,
+            owner_id=action.owner_id,
+            status=action.status,
+            priority=action.priority,
+            properties=action.properties,
+            location=location,
+            created_at=datetime.now(UTC),
+            last_change_at=env.occurred_at,
+        )
+        .returning(Ticket.id)
+    )
+    assert ticket_id is not None
+    loaded.before.tickets[ticket_id] = rules.TicketState(
+        id=ticket_id, status=action.status, owner_id=action.owner_id, location=location
+    )
+    return action.model_copy(update={"ticket_id": ticket_id, "location": location})
+
+
+def _record(
+    session: Session,
+    env: c.ChangeEnvelope,
+    digest: str,
+    refusal: RuleRefusal | None,
+    effects: list[Effect],
+    replayed: bool,
+    action: c.Action | None = None,
+) -> c.ChangeResult:
+    action = action or env.action
+    conv_ids, ticket_ids = _targets(action)
+    conversation_id = conv_ids[0] if conv_ids else None
+    ticket_id = ticket_ids[0] if ticket_ids else None
+    if conversation_id is not None and ticket_id is None and refusal is None:
+        ticket_id = session.scalar(
+            select(Conversation.ticket_id).where(Conversation.id == conversation_id)
+        )
+    result = c.ChangeResult(
+        change_id=env.id,
+        outcome="rejected" if refusal else "applied",
+        replayed=replayed,
+        error=str(refusal) if refusal else None,
+        code=(f"{refusal.rule}:{refusal.status}" if refusal else None),
+        conversation_id=conversation_id,
+        ticket_id=ticket_id,
+        effects=[e.as_dict() for e in effects],
+    )
+    if refusal is not None and refusal.status == 404:
+        return result  # nothing of the caller's exists here: no foreign key to hang a record on
+    session.execute(
+        insert(Change).values(
+            id=env.id,
+            kind=action.kind,
+            account_id=env.account_id,
+            conversation_id=conversation_id,
+            ticket_id=ticket_id if (refusal is None or ticket_ids) else None,
+            occurred_at=env.occurred_at,
+            applied_at=datetime.now(UTC),
+            payload=action.model_dump(mode="json"),
+            request_sha256=digest,
+            outcome=result.outcome,
+            result=result.model_dump(mode="json"),
+        )
+    )
+    if effects:
+        session.execute(
+            insert(EffectRow),
+            [
+                {
+                    "change_id": env.id,
+                    "entity": e.entity,
+                    "entity_id": e.entity_id,
+                    "field": e.field,
+                    "value": None if e.value is None else str(e.value),
+                    "rule": e.rule,
+                }
+                for e in effects
+            ],
+        )
+    return result

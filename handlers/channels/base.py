@@ -1,0 +1,77 @@
+"""The seam every provider plugs into: one adapter per provider, each doing the same three things.
+
+1. ``verify`` the request's authenticity against the inbox's secrets (before anything is parsed);
+2. ``accept`` it at the HTTP edge: a cheap structural check that turns the body into the JSON
+   payloads to enqueue (one webhook may carry several messages), or a handshake answer;
+3. ``normalize`` a payload, in a worker, into ``InboundMessage`` objects.
+
+Adding a provider is one module here, one schema in schemas/, one line in the registry
+(handlers/channels/__init__.py), one fixture folder and one test file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from schemas.inbound import InboundMessage
+
+
+class WebhookError(Exception):
+    """Base of the errors an adapter raises; ``status`` is the HTTP answer (api/errors.py)."""
+
+    status: ClassVar[int] = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SignatureError(WebhookError):
+    status = 401
+
+
+class PayloadError(WebhookError):
+    status = 422
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str]  # lower-cased names
+    query: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the edge does with a verified request: enqueue ``payloads`` and/or answer ``reply``."""
+
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+    reply: Any = None
+
+
+class ChannelAdapter(Protocol):
+    name: str
+    channels: frozenset[str]
+
+    def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None: ...
+
+    def accept(self, request: WebhookRequest) -> Accepted: ...
+
+    def normalize(
+        self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
+    ) -> list[InboundMessage]: ...
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def hmac_sha256_hex(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()

@@ -1,0 +1,264 @@
+"""Conversation upsert for a batch of inbound messages: dedupe, threading, reopen.
+
+One call handles a whole batch in the caller's transaction with a handful of statements, whatever
+the batch size; per-message idempotency holds because ``(inbox_id, external_id)`` is unique and is
+checked under the thread locks, and because the batch commits or rolls back as one.
+
+Threading: messages with one thread key (or, without a key, from one sender) share a
+conversation. A message whose thread points to a trashed conversation starts a new one.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from handlers import apply
+from schemas import changes as c
+from schemas.inbound import InboundMessage, IngestOutcome
+from store import cases
+from store.db import is_postgres
+from store.models import Contact, Conversation, Inbox, Message, Thread
+
+
+class UnknownInbox(Exception):
+    pass
+
+
+def ingest(session: Session, batch: list[InboundMessage]) -> list[IngestOutcome]:
+    """Store a batch of inbound messages. Call inside a transaction; the caller commits."""
+    unique = _first_of_each(batch)
+    inbox_accounts = _inbox_accounts(session, {m.inbox_id for m in unique})
+    keys = sorted({(m.inbox_id, m.effective_thread_key) for m in unique})
+    _lock_threads(session, keys)
+    seen = _already_stored(session, unique)
+    fresh = [m for m in unique if (m.inbox_id, m.external_id) not in seen]
+    outcomes = {
+        (m.inbox_id, m.external_id): IngestOutcome(
+            inbox_id=m.inbox_id,
+            external_id=m.external_id,
+            message_id=seen[(m.inbox_id, m.external_id)][0],
+            conversation_id=seen[(m.inbox_id, m.external_id)][1],
+            duplicate=True,
+        )
+        for m in unique
+        if (m.inbox_id, m.external_id) in seen
+    }
+    if fresh:
+        threads, created = _resolve_threads(session, fresh, inbox_accounts)
+        message_ids = _insert_messages(session, fresh, threads)
+        effects = _advance_conversations(session, fresh, threads, message_ids, created)
+        for m in fresh:
+            mid = message_ids[(m.inbox_id, m.external_id)]
+            outcomes[(m.inbox_id, m.external_id)] = IngestOutcome(
+                inbox_id=m.inbox_id,
+                external_id=m.external_id,
+                message_id=mid,
+                conversation_id=threads[(m.inbox_id, m.effective_thread_key)],
+                effects=effects.get(mid, []),
+            )
+    return [outcomes[(m.inbox_id, m.external_id)] for m in batch]
+
+
+def _first_of_each(batch: list[InboundMessage]) -> list[InboundMessage]:
+    firsts: dict[tuple[int, str], InboundMessage] = {}
+    for m in batch:
+        firsts.setdefault((m.inbox_id, m.external_id), m)
+    return list(firsts.values())
+
+
+def _inbox_accounts(session: Session, inbox_ids: set[int]) -> dict[int, int]:
+    rows = session.execute(select(Inbox.id, Inbox.account_id).where(Inbox.id.in_(inbox_ids))).all()
+    found = {r.id: r.account_id for r in rows}
+    if missing := inbox_ids - set(found):
+        raise UnknownInbox(f"unknown inbox ids: {sorted(missing)}")
+    return found
+
+
+def _lock_threads(session: Session, keys: list[tuple[int, str]]) -> None:
+    """Serialise workers on each thread (PostgreSQL advisory locks, taken in one sorted pass).
+
+    Without it two workers could both see a new thread and open two conversations for it, or
+    both miss a duplicate. SQLite needs nothing: its writers are serialised already."""
+    if not is_postgres(session) or not keys:
+        return
+    ids = sorted({zlib.crc32(f"{inbox}:{key}".encode()) for inbox, key in keys})
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k ORDER BY k"),
+        {"ids": ids},
+    )
+
+
+def _already_stored(
+    session: Session, msgs: list[InboundMessage]
+) -> dict[tuple[int, str], tuple[int, int]]:
+    rows = session.execute(
+        select(Message.inbox_id, Message.external_id, Message.id, Message.conversation_id).where(
+            tuple_(Message.inbox_id, Message.external_id).in_(
+                [(m.inbox_id, m.external_id) for m in msgs]
+            )
+        )
+    ).all()
+    return {(r.inbox_id, r.external_id): (r.id, r.conversation_id) for r in rows}
+
+
+def _dialect_insert(session: Session, table: type) -> postgresql.Insert | sqlite.Insert:
+    return (postgresql.insert if is_postgres(session) else sqlite.insert)(table)
+
+
+def _resolve_threads(
+    session: Session, msgs: list[InboundMessage], inbox_accounts: dict[int, int]
+) -> tuple[dict[tuple[int, str], int], set[int]]:
+    """Map each thread of the batch to its live conversation, opening conversations as needed.
+
+    Returns the map and the ids of the conversations opened here."""
+    keys = sorted({(m.inbox_id, m.effective_thread_key) for m in msgs})
+    rows = session.execute(
+        select(Thread.inbox_id, Thread.thread_key, Thread.conversation_id)
+        .join(Conversation, Conversation.id == Thread.conversation_id)
+        .where(
+            tuple_(Thread.inbox_id, Thread.thread_key).in_(keys),
+            Conversation.removed_by.is_(None),
+        )
+    ).all()
+    threads = {(r.inbox_id, r.thread_key): r.conversation_id for r in rows}
+    first_msg: dict[tuple[int, str], InboundMessage] = {}
+    for m in sorted(msgs, key=lambda m: m.sent_at):
+        first_msg.setdefault((m.inbox_id, m.effective_thread_key), m)
+    new_keys = [k for k in keys if k not in threads]
+    if not new_keys:
+        return threads, set()
+    contacts = _contacts(session, [(inbox_accounts[k[0]], first_msg[k].sender) for k in new_keys])
+    now = datetime.now(UTC)
+    created = (
+        session.execute(
+            insert(Conversation).returning(Conversation.id, sort_by_parameter_order=True),
+            [
+                {
+                    "account_id": inbox_accounts[inbox],
+                    "inbox_id": inbox,
+                    "contact_id": contacts[
+                        (inbox_accounts[inbox], first_msg[(inbox, key)].sender.lower())
+                    ],
+                    "thread_key": key,
+                    "status": "open",
+                    "location": "inbox",
+                    "created_at": now,
+                    "last_message_at": first_msg[(inbox, key)].sent_at,
+                    "last_change_at": first_msg[(inbox, key)].sent_at,
+                }
+                for inbox, key in new_keys
+            ],
+        )
+        .scalars()
+        .all()
+    )
+    for k, conv_id in zip(new_keys, created, strict=True):
+        threads[k] = conv_id
+    stmt = _dialect_insert(session, Thread)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["inbox_id", "thread_key"],
+            set_={"conversation_id": stmt.excluded.conversation_id},
+        ),
+        [{"inbox_id": i, "thread_key": k, "conversation_id": threads[(i, k)]} for i, k in new_keys],
+    )
+    return threads, set(created)
+
+
+def _contacts(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    wanted = sorted({(account, sender.lower()) for account, sender in pairs})
+    stmt = _dialect_insert(session, Contact).on_conflict_do_nothing(
+        index_elements=["account_id", "handle"]
+    )
+    session.execute(stmt, [{"account_id": a, "handle": h} for a, h in wanted])
+    rows = session.execute(
+        select(Contact.account_id, Contact.handle, Contact.id).where(
+            tuple_(Contact.account_id, Contact.handle).in_(wanted)
+        )
+    ).all()
+    return {(r.account_id, r.handle): r.id for r in rows}
+
+
+def _insert_messages(
+    session: Session, msgs: list[InboundMessage], threads: dict[tuple[int, str], int]
+) -> dict[tuple[int, str], int]:
+    ids = (
+        session.execute(
+            insert(Message).returning(Message.id, sort_by_parameter_order=True),
+            [
+                {
+                    "inbox_id": m.inbox_id,
+                    "conversation_id": threads[(m.inbox_id, m.effective_thread_key)],
+                    "external_id": m.external_id,
+                    "direction": "inbound",
+                    "sender": m.sender,
+                    "text": m.text,
+                    "sent_at": m.sent_at,
+                    "received_at": m.received_at,
+                    "headers": m.headers,
+                }
+                for m in msgs
+            ],
+        )
+        .scalars()
+        .all()
+    )
+    return {(m.inbox_id, m.external_id): mid for m, mid in zip(msgs, ids, strict=True)}
+
+
+def _advance_conversations(
+    session: Session,
+    msgs: list[InboundMessage],
+    threads: dict[tuple[int, str], int],
+    message_ids: dict[tuple[int, str], int],
+    created: set[int],
+) -> dict[int, list[dict[str, object]]]:
+    """Reopen what the new messages reopen; move every touched conversation's clocks."""
+    by_conv: dict[int, list[InboundMessage]] = defaultdict(list)
+    for m in msgs:
+        by_conv[threads[(m.inbox_id, m.effective_thread_key)]].append(m)
+    existing = sorted(set(by_conv) - created)
+    loaded = cases.lock_case(session, conversation_ids=existing) if existing else None
+    effects: dict[int, list[dict[str, object]]] = {}
+    clocks: list[dict[str, object]] = []
+    for cid, conv_msgs in by_conv.items():
+        newest = max(m.sent_at for m in conv_msgs)
+        if loaded is None or cid in created:
+            clocks.append({"id": cid, "last_message_at": newest, "last_change_at": newest})
+            continue
+        conv = loaded.case.conversations[cid]
+        case_clock = loaded.clock_of_conversation(cid)
+        own_clock = loaded.clocks[("conversation", cid)]
+        # Open, live, and either without a ticket or newer than everything in its case: the
+        # rules would change nothing but the clocks. Anything else goes through the rules.
+        if (
+            conv.status == "open"
+            and conv.removed_by is None
+            and (conv.ticket_id is None or newest >= case_clock)
+        ):
+            clocks.append(
+                {"id": cid, "last_message_at": newest, "last_change_at": max(newest, own_clock)}
+            )
+            continue
+        case = cases.lock_case(session, conversation_ids=[cid])
+        for m in sorted(conv_msgs, key=lambda m: m.sent_at):
+            mid = message_ids[(m.inbox_id, m.external_id)]
+            produced, _ = apply.fold_into_case(
+                session, case, f"message:{mid}", m.sent_at, c.MessageReceived(conversation_id=cid)
+            )
+            cases.save_case(session, case, m.sent_at)
+            effects[mid] = [e.as_dict() for e in produced]
+        session.execute(
+            update(Conversation)
+            .where(Conversation.id == cid, Conversation.last_message_at < newest)
+            .values(last_message_at=newest)
+        )
+    if clocks:
+        session.execute(update(Conversation), clocks)
+    return effects

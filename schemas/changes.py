@@ -1,0 +1,142 @@
+"""Changes: the only way state moves. Each says "set X to V" (never "toggle") and carries an
+identity (``id``) and the time it happened (``occurred_at``), so that a replayed or reordered
+delivery lands on the same end state (DESIGN.md, "What idempotent must mean here")."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+TicketStatus = Literal["new", "waiting_on_contact", "waiting_on_us", "closed"]
+ConversationStatus = Literal["open", "closed"]
+Location = Literal["inbox", "help_desk"]
+
+
+class _Change(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SetConversationOwner(_Change):
+    kind: Literal["set_conversation_owner"] = "set_conversation_owner"
+    conversation_id: int
+    owner_id: int | None
+
+
+class SetConversationStatus(_Change):
+    kind: Literal["set_conversation_status"] = "set_conversation_status"
+    conversation_id: int
+    status: ConversationStatus
+
+
+class TrashConversation(_Change):
+    kind: Literal["trash_conversation"] = "trash_conversation"
+    conversation_id: int
+
+
+class CreateTicket(_Change):
+    kind: Literal["create_ticket"] = "create_ticket"
+    conversation_id: int
+    owner_id: int | None = None
+    status: TicketStatus = "new"
+    priority: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    # Filled in by the store when the ticket row is allocated; R1/R2 decide location then.
+    ticket_id: int | None = None
+    location: Location | None = None
+
+
+class AssociateConversation(_Change):
+    kind: Literal["associate_conversation"] = "associate_conversation"
+    ticket_id: int
+    conversation_id: int
+
+
+class DissociateConversation(_Change):
+    """Exists so that asking has an answer: it is always refused (T2)."""
+
+    kind: Literal["dissociate_conversation"] = "dissociate_conversation"
+    ticket_id: int
+    conversation_id: int
+
+
+class SetTicketOwner(_Change):
+    kind: Literal["set_ticket_owner"] = "set_ticket_owner"
+    ticket_id: int
+    owner_id: int | None
+
+
+class SetTicketStatus(_Change):
+    kind: Literal["set_ticket_status"] = "set_ticket_status"
+    ticket_id: int
+    status: TicketStatus
+
+
+class DeleteTicket(_Change):
+    kind: Literal["delete_ticket"] = "delete_ticket"
+    ticket_id: int
+
+
+class RestoreConversation(_Change):
+    kind: Literal["restore_conversation"] = "restore_conversation"
+    conversation_id: int
+
+
+class RestoreTicket(_Change):
+    kind: Literal["restore_ticket"] = "restore_ticket"
+    ticket_id: int
+
+
+class MessageReceived(_Change):
+    """An inbound message on a conversation; recorded as the message row, not in ``changes``."""
+
+    kind: Literal["message_received"] = "message_received"
+    conversation_id: int
+
+
+Action = Annotated[
+    SetConversationOwner
+    | SetConversationStatus
+    | TrashConversation
+    | CreateTicket
+    | AssociateConversation
+    | DissociateConversation
+    | SetTicketOwner
+    | SetTicketStatus
+    | DeleteTicket
+    | RestoreConversation
+    | RestoreTicket
+    | MessageReceived,
+    Field(discriminator="kind"),
+]
+ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
+
+
+class ChangeEnvelope(BaseModel):
+    """One change with its identity: what a Celery task carries and what ``changes`` records."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=200)
+    account_id: int
+    occurred_at: AwareDatetime
+    action: Action
+    request_sha256: str | None = None
+
+
+class ChangeResult(BaseModel):
+    change_id: str
+    outcome: Literal["applied", "rejected"]
+    duplicate: bool = False
+    replayed: bool = False
+    error: str | None = None
+    code: str | None = None
+    conversation_id: int | None = None
+    ticket_id: int | None = None
+    effects: list[dict[str, Any]] = Field(default_factory=list)
+
+
+def order_key(occurred_at: datetime, change_id: str) -> tuple[datetime, str]:
+    """The total order of changes: time first, identity to break ties the same way everywhere."""
+    return (occurred_at, change_id)

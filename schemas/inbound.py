@@ -1,0 +1,49 @@
+"""The one normalized inbound message every channel adapter produces, and the generic webhook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class InboundMessage(BaseModel):
+    """What the conversation upsert consumes, whatever the provider."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inbox_id: int
+    external_id: str = Field(min_length=1, max_length=500)
+    sender: str = Field(min_length=1, max_length=320)
+    # Messages with one thread key share a conversation; None threads by sender.
+    thread_key: str | None = Field(default=None, max_length=500)
+    text: str = Field(max_length=1_000_000)
+    sent_at: AwareDatetime
+    received_at: AwareDatetime
+    headers: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def effective_thread_key(self) -> str:
+        return self.thread_key if self.thread_key else f"sender:{self.sender.lower()}"
+
+
+class GenericWebhook(BaseModel):
+    """Body of ``POST /webhooks/{inbox_id}`` for an inbox whose provider is ``generic``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inbox: int | None = Field(default=None, description="Optional; must match the URL if given.")
+    external_id: str = Field(min_length=1, max_length=500, description="Provider message id.")
+    sender: str = Field(min_length=1, max_length=320)
+    thread_key: str | None = Field(default=None, max_length=500)
+    text: str = Field(max_length=1_000_000)
+    sent_at: AwareDatetime
+
+
+class IngestOutcome(BaseModel):
+    inbox_id: int
+    external_id: str
+    message_id: int | None
+    conversation_id: int | None
+    duplicate: bool = False
+    effects: list[dict[str, Any]] = Field(default_factory=list)

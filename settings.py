@@ -1,0 +1,85 @@
+"""The one settings object: every knob inboxsync has, read from the environment.
+
+Nothing else in the code base reads ``os.environ``. With no variable set, inboxsync runs on the
+embedded default: a SQLite store and a SQLite-backed broker under ``INBOXSYNC_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TIERS = ("free", "starter", "professional", "enterprise")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INBOXSYNC_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("var"), description="Where the embedded default keeps its files."
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "INBOXSYNC_DATABASE_URL"),
+        description="SQLAlchemy URL of the store; default: SQLite file <data_dir>/inboxsync.sqlite.",
+    )
+    celery_broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CELERY_BROKER_URL", "INBOXSYNC_CELERY_BROKER_URL"),
+        description="Celery broker; default: the embedded SQLite queue <data_dir>/broker.sqlite.",
+    )
+
+    # R1/R2: which accounts have their tickets moved to the help desk.
+    helpdesk_cutoff: datetime = datetime(2024, 4, 1, tzinfo=UTC)
+    helpdesk_tiers: frozenset[str] = frozenset({"professional", "enterprise"})
+
+    admin_token: str = Field(
+        default="dev-admin-token", description="Bearer token of the admin API."
+    )
+    webhook_tolerance_seconds: int = 300
+    max_body_bytes: int = 25 * 1024 * 1024
+
+    # Ingress: deliveries are grouped into one broker message per batch (see api/batcher.py).
+    ingest_batch_max: int = 200
+    ingest_batch_window_ms: float = 5.0
+    ingest_enqueue_timeout_s: float = 5.0
+
+    # API writes wait this long for a worker to apply the change before answering 202.
+    api_wait_timeout_s: float = 10.0
+
+    # Workers.
+    task_max_retries: int = 8
+    embedded_visibility_timeout_s: float = 60.0
+    redis_visibility_timeout_s: float = 3600.0
+    retention_days: int = 30
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// means psycopg 3 here, not psycopg2.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'inboxsync.sqlite').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        return f"sqlq+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("sqlq+")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings

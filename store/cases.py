@@ -1,0 +1,187 @@
+"""Loading a case under row locks, saving what the rules changed, and reading its history.
+
+Lock order is always: tickets by id, then conversations by id. A conversation that has a ticket is
+only locked after its ticket, so two transactions touching one case queue on the ticket row
+instead of deadlocking. On SQLite ``FOR UPDATE`` renders as nothing: ``BEGIN IMMEDIATE`` (see
+store/db.py) already serialises writers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from handlers.rules import Case, ConversationState, TicketState
+from schemas import changes as c
+from store.models import Change, Conversation, Message, Ticket
+
+_CONV_FIELDS = ("status", "owner_id", "location", "ticket_id", "removed_by")
+_TICKET_FIELDS = ("status", "owner_id", "location", "removed_by")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class NotFound(Exception):
+    def __init__(self, entity: str, entity_id: int) -> None:
+        super().__init__(f"{entity} {entity_id} not found")
+        self.entity = entity
+        self.entity_id = entity_id
+
+
+@dataclass
+class LoadedCase:
+    case: Case
+    before: Case
+    account_ids: dict[tuple[str, int], int]
+    last_change_at: datetime
+    clocks: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    touched: set[tuple[str, int]] = field(default_factory=set)
+
+    def clock_of_conversation(self, conversation_id: int) -> datetime:
+        """The clock of the case this conversation is in (its ticket and all its siblings)."""
+        ticket_id = self.case.conversations[conversation_id].ticket_id
+        if ticket_id is None:
+            return self.clocks[("conversation", conversation_id)]
+        members = [("ticket", ticket_id)] + [
+            ("conversation", cv.id) for cv in self.case.conversations_of(ticket_id)
+        ]
+        return max(self.clocks[m] for m in members)
+
+
+def aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def lock_case(
+    session: Session, *, conversation_ids: Iterable[int] = (), ticket_ids: Iterable[int] = ()
+) -> LoadedCase:
+    """Lock and load every row of the cases that hold these conversations and tickets."""
+    conv_ids = sorted(set(conversation_ids))
+    wanted_tickets = set(ticket_ids)
+    for _attempt in range(5):
+        current = session.execute(
+            select(Conversation.id, Conversation.ticket_id).where(Conversation.id.in_(conv_ids))
+        ).all()
+        found = {row.id for row in current}
+        for missing in set(conv_ids) - found:
+            raise NotFound("conversation", missing)
+        tickets_needed = wanted_tickets | {row.ticket_id for row in current if row.ticket_id}
+        ticket_rows = session.scalars(
+            select(Ticket)
+            .where(Ticket.id.in_(tickets_needed))
+            .order_by(Ticket.id)
+            .with_for_update()
+        ).all()
+        for missing in tickets_needed - {t.id for t in ticket_rows}:
+            raise NotFound("ticket", missing)
+        conv_rows = session.scalars(
+            select(Conversation)
+            .where(or_(Conversation.id.in_(conv_ids), Conversation.ticket_id.in_(tickets_needed)))
+            .order_by(Conversation.id)
+            .with_for_update()
+        ).all()
+        # A conversation may have joined a ticket between the first read and the lock.
+        if all(cv.ticket_id is None or cv.ticket_id in tickets_needed for cv in conv_rows):
+            return _loaded(conv_rows, ticket_rows)
+    raise RuntimeError("case membership kept changing while locking")  # retried by the task
+
+
+def _loaded(conv_rows: Iterable[Conversation], ticket_rows: Iterable[Ticket]) -> LoadedCase:
+    case = Case()
+    accounts: dict[tuple[str, int], int] = {}
+    clocks: dict[tuple[str, int], datetime] = {}
+    for t in ticket_rows:
+        case.tickets[t.id] = TicketState(
+            id=t.id,
+            status=t.status,
+            owner_id=t.owner_id,
+            location=t.location,
+            removed_by=t.removed_by,
+        )
+        accounts[("ticket", t.id)] = t.account_id
+        clocks[("ticket", t.id)] = aware(t.last_change_at)
+    for cv in conv_rows:
+        case.conversations[cv.id] = ConversationState(
+            id=cv.id,
+            status=cv.status,
+            owner_id=cv.owner_id,
+            location=cv.location,
+            ticket_id=cv.ticket_id,
+            removed_by=cv.removed_by,
+        )
+        accounts[("conversation", cv.id)] = cv.account_id
+        clocks[("conversation", cv.id)] = aware(cv.last_change_at)
+    return LoadedCase(
+        case=case,
+        before=copy.deepcopy(case),
+        account_ids=accounts,
+        last_change_at=max(clocks.values(), default=EPOCH),
+        clocks=clocks,
+    )
+
+
+def save_case(session: Session, loaded: LoadedCase, occurred_at: datetime) -> None:
+    """Write the fields the rules changed, and move the case's clock to ``occurred_at``."""
+    now = datetime.now(UTC)
+    for cid, conv in loaded.case.conversations.items():
+        values = _diff(loaded.before.conversations.get(cid), conv, _CONV_FIELDS, now)
+        if values or ("conversation", cid) in loaded.touched:
+            values["last_change_at"] = max(occurred_at, loaded.last_change_at)
+            session.execute(update(Conversation).where(Conversation.id == cid).values(**values))
+    for tid, ticket in loaded.case.tickets.items():
+        values = _diff(loaded.before.tickets.get(tid), ticket, _TICKET_FIELDS, now)
+        if values or ("ticket", tid) in loaded.touched:
+            values["last_change_at"] = max(occurred_at, loaded.last_change_at)
+            session.execute(update(Ticket).where(Ticket.id == tid).values(**values))
+    loaded.before = copy.deepcopy(loaded.case)
+    loaded.last_change_at = max(occurred_at, loaded.last_change_at)
+    for key in loaded.clocks:
+        loaded.clocks[key] = max(loaded.clocks[key], occurred_at)
+    loaded.touched.clear()
+
+
+def _diff(
+    before: ConversationState | TicketState | None,
+    after: ConversationState | TicketState,
+    fields: tuple[str, ...],
+    now: datetime,
+) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name in fields:
+        new = getattr(after, name)
+        if before is None or getattr(before, name) != new:
+            values[name] = new
+            if name == "removed_by":
+                values["removed_at"] = now if new is not None else None
+    return values
+
+
+def history(session: Session, case: Case) -> list[tuple[datetime, str, c.Action]]:
+    """Every applied change and inbound message of the case, in the total order of changes."""
+    conv_ids = list(case.conversations)
+    ticket_ids = list(case.tickets)
+    rows = session.execute(
+        select(Change.id, Change.occurred_at, Change.payload).where(
+            Change.outcome == "applied",
+            or_(Change.conversation_id.in_(conv_ids), Change.ticket_id.in_(ticket_ids)),
+        )
+    ).all()
+    events: list[tuple[datetime, str, c.Action]] = [
+        (aware(r.occurred_at), r.id, c.ACTION_ADAPTER.validate_python(r.payload)) for r in rows
+    ]
+    messages = session.execute(
+        select(Message.id, Message.conversation_id, Message.sent_at).where(
+            Message.conversation_id.in_(conv_ids), Message.direction == "inbound"
+        )
+    ).all()
+    events += [
+        (aware(m.sent_at), f"message:{m.id}", c.MessageReceived(conversation_id=m.conversation_id))
+        for m in messages
+    ]
+    events.sort(key=lambda e: c.order_key(e[0], e[1]))
+    return events

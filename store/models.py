@@ -1,0 +1,215 @@
+"""The tables. Integrity that matters lives here, in the database, not in memory:
+
+- a conversation holds one ``ticket_id`` column, so it has at most one ticket (T1);
+- ``(inbox_id, external_id)`` is unique, so a provider message is stored once;
+- ``(inbox_id, thread_key)`` is unique in ``threads``, so two workers cannot open two
+  conversations for one thread;
+- ``changes.id`` is the identity of every applied change (provider event id or API idempotency key);
+- foreign keys everywhere.
+
+Soft deletion: ``removed_by`` names the change whose cascade trashed/deleted a row, so a restore
+brings back exactly what that cascade removed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    tier: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime]
+    __table_args__ = (
+        CheckConstraint(
+            "tier IN ('free','starter','professional','enterprise')", name="tier_known"
+        ),
+    )
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+
+
+class Owner(Base):
+    __tablename__ = "owners"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+
+
+class Inbox(Base):
+    __tablename__ = "inboxes"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(10))
+    provider: Mapped[str] = mapped_column(String(40))
+    secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    __table_args__ = (CheckConstraint("channel IN ('email','chat')", name="channel_known"),)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    handle: Mapped[str] = mapped_column(String(320))
+    __table_args__ = (UniqueConstraint("account_id", "handle"),)
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"))
+    status: Mapped[str] = mapped_column(String(30), default="new")
+    priority: Mapped[str | None] = mapped_column(String(20))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    location: Mapped[str] = mapped_column(String(10))
+    removed_by: Mapped[str | None] = mapped_column(String(200))
+    removed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    # occurred_at of the newest change applied to this ticket's case (see handlers/apply.py).
+    last_change_at: Mapped[datetime]
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('new','waiting_on_contact','waiting_on_us','closed')", name="status_known"
+        ),
+        CheckConstraint("location IN ('inbox','help_desk')", name="location_known"),
+    )
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    thread_key: Mapped[str] = mapped_column(String(500))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("owners.id"))
+    status: Mapped[str] = mapped_column(String(10), default="open")
+    location: Mapped[str] = mapped_column(String(10), default="inbox")
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    removed_by: Mapped[str | None] = mapped_column(String(200))
+    removed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    last_message_at: Mapped[datetime]
+    last_change_at: Mapped[datetime]
+    __table_args__ = (
+        CheckConstraint("status IN ('open','closed')", name="status_known"),
+        CheckConstraint("location IN ('inbox','help_desk')", name="location_known"),
+        Index("ix_conversations_account_status", "account_id", "status"),
+    )
+
+
+class Thread(Base):
+    """Which conversation new messages of a thread go to (moves on when that one is trashed)."""
+
+    __tablename__ = "threads"
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"), primary_key=True)
+    thread_key: Mapped[str] = mapped_column(String(500), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    external_id: Mapped[str] = mapped_column(String(500))
+    direction: Mapped[str] = mapped_column(String(10), default="inbound")
+    sender: Mapped[str] = mapped_column(String(320))
+    text: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    __table_args__ = (UniqueConstraint("inbox_id", "external_id"),)
+
+
+class Change(Base):
+    """Every applied change, once: the idempotency record and the audit trail.
+
+    ``outcome`` is ``applied`` or ``rejected`` (refused by a rule; ``result`` says why). A change
+    that arrives older than what its case already holds is applied in its place in history, by
+    replaying the case (see handlers/apply.py); ``result["replayed"]`` says so.
+    """
+
+    __tablename__ = "changes"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), index=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    occurred_at: Mapped[datetime]
+    applied_at: Mapped[datetime]
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(10))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Effect(Base):
+    """What a change did, field by field, with the rule that caused it ("why is this closed?")."""
+
+    __tablename__ = "effects"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    change_id: Mapped[str] = mapped_column(ForeignKey("changes.id"), index=True)
+    entity: Mapped[str] = mapped_column(String(20))
+    entity_id: Mapped[int] = mapped_column(BigInteger)
+    field: Mapped[str] = mapped_column(String(30))
+    value: Mapped[str | None] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(String(10))
+
+
+class IdempotentResponse(Base):
+    """The first answer to an API write with an ``Idempotency-Key``, returned to every retry."""
+
+    __tablename__ = "idempotent_responses"
+    scope: Mapped[str] = mapped_column(String(60), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class DeadLetter(Base):
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    task: Mapped[str] = mapped_column(String(200))
+    task_id: Mapped[str | None] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    error_type: Mapped[str] = mapped_column(String(200))
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]

@@ -1,0 +1,21 @@
+"""The Celery app. ``celery -A workers.app worker -Q ingest,inbox,helpdesk,bulk``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+import workers.embedded_broker  # noqa: F401  (registers the sqlq:// transport for the default)
+from store.db import reset_engine
+
+app = Celery("inboxsync")
+app.config_from_object("celeryconfig")
+app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+
+@worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    # A forked pool process must not share the parent's database connections.
+    reset_engine()
