@@ -38,8 +38,11 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         # IMMEDIATE takes the write lock up front: two writers never deadlock upgrading a read
         # lock, they queue on busy_timeout instead. SQLite then serialises writers, which is
-        # what row locks give on PostgreSQL.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # what row locks give on PostgreSQL. Readers (``reading()``) take no lock in WAL mode.
+        if conn.get_execution_options().get("readonly"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @lru_cache
@@ -57,6 +60,13 @@ def transaction() -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any exception."""
     with _sessions().begin() as session:
         yield session
+
+
+@contextmanager
+def reading() -> Iterator[Session]:
+    """A read-only unit of work: never blocks writers on SQLite, rolls back at the end."""
+    with Session(engine().execution_options(readonly=True)) as session:
+        yield session  # closing the session rolls its transaction back
 
 
 def reset_engine() -> None:

@@ -204,8 +204,15 @@ class IdempotentResponse(Base):
 
 
 class DeadLetter(Base):
+    """A payload a worker could not process, kept whole with the error, instead of a retry loop.
+
+    ``fingerprint`` (task + payload digest) makes recording idempotent; ``key`` is what a caller
+    looks it up by (a change id for API writes)."""
+
     __tablename__ = "dead_letters"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    key: Mapped[str | None] = mapped_column(String(200), index=True)
     task: Mapped[str] = mapped_column(String(200))
     task_id: Mapped[str | None] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)

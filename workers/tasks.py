@@ -1,0 +1,56 @@
+"""The Celery tasks: thin. They parse, call handlers/, and return.
+
+Every task is idempotent (a change id or a provider message id is applied once), so Celery's
+at-least-once delivery is safe: ``acks_late`` plus ``reject_on_worker_lost`` redeliver a task
+whose worker died, and the second run is a no-op where the first one committed.
+
+Retries: only for transient errors (database or broker trouble), with exponential backoff and
+jitter. Anything else is a poison message: it ends in a dead-letter record with its payload and
+error, and the task is acknowledged instead of retried forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+from kombu.exceptions import OperationalError as BrokerOperationalError
+
+from handlers import pipeline
+from settings import get_settings
+from workers.app import app
+
+TRANSIENT = (*pipeline.TRANSIENT_DB_ERRORS, BrokerOperationalError, ConnectionError)
+
+
+class InboxsyncTask(Task):  # type: ignore[misc]
+    autoretry_for = TRANSIENT
+    retry_backoff = 1  # seconds, doubled each retry, full jitter
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = get_settings().task_max_retries
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        payload = {"args": list(args), "kwargs": dict(kwargs)}
+        key = None
+        if self.name == pipeline.APPLY_TASK and args and isinstance(args[0], dict):
+            key = args[0].get("id")
+        pipeline.record_dead_letters(
+            self.name,
+            task_id,
+            [(payload, exc)],
+            attempts=self.request.retries + 1,
+            key=key,
+        )
+
+
+@app.task(name=pipeline.INGEST_TASK, base=InboxsyncTask, bind=True)
+def ingest_batch(self: Task, deliveries: list[dict[str, Any]]) -> dict[str, int]:
+    return pipeline.ingest_deliveries(deliveries, task_id=self.request.id)
+
+
+@app.task(name=pipeline.APPLY_TASK, base=InboxsyncTask, bind=True)
+def apply_change(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
+    return pipeline.run_change(envelope)
