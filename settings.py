@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "INBOXSYNC_DATABASE_URL"),
-        description="SQLAlchemy URL of the store; default: SQLite file <data_dir>/inboxsync.sqlite.",
+        description="SQLAlchemy URL of the store; default: SQLite <data_dir>/inboxsync.sqlite.",
     )
     celery_broker_url: str | None = Field(
         default=None,

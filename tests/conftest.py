@@ -19,7 +19,9 @@ import pytest
 from sqlalchemy import delete, make_url
 
 DATA_DIR = Path(os.environ.get("PYTEST_INBOXSYNC_DIR", f"/tmp/inboxsync-test-{os.getpid()}"))
-_ORIGINAL_DB = os.environ.pop("DATABASE_URL", None) or os.environ.pop("INBOXSYNC_DATABASE_URL", None)
+_ORIGINAL_DB = os.environ.pop("DATABASE_URL", None) or os.environ.pop(
+    "INBOXSYNC_DATABASE_URL", None
+)
 _ORIGINAL_BROKER = os.environ.pop("CELERY_BROKER_URL", None) or os.environ.pop(
     "INBOXSYNC_CELERY_BROKER_URL", None
 )
@@ -46,8 +48,10 @@ def _test_broker_url() -> str:
         # A database number of its own, flushed at start: no leftovers from other runs.
         import redis
 
-        base = _ORIGINAL_BROKER.rsplit("/", 1)[0] if _ORIGINAL_BROKER.count("/") > 2 else (
-            _ORIGINAL_BROKER.rstrip("/")
+        base = (
+            _ORIGINAL_BROKER.rsplit("/", 1)[0]
+            if _ORIGINAL_BROKER.count("/") > 2
+            else (_ORIGINAL_BROKER.rstrip("/"))
         )
         url = f"{base}/13"
         redis.Redis.from_url(url).flushdb()

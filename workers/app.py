@@ -7,8 +7,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-import workers.embedded_broker  # noqa: F401  (registers the sqlq:// transport for the default)
+from settings import get_settings
 from store.db import reset_engine
+
+if get_settings().is_embedded_broker:
+    import workers.embedded_broker  # noqa: F401  (registers the sqlq:// transport)
 
 app = Celery("inboxsync")
 app.config_from_object("celeryconfig")

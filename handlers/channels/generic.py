@@ -76,7 +76,9 @@ class GenericAdapter:
         except ValidationError as exc:
             raise PayloadError(_describe(exc)) from None
         if body.inbox is not None and body.inbox != inbox_id:
-            raise PayloadError(f"body names inbox {body.inbox}, URL inbox {inbox_id}", field="inbox")
+            raise PayloadError(
+                f"body names inbox {body.inbox}, URL inbox {inbox_id}", field="inbox"
+            )
         return [
             InboundMessage(
                 inbox_id=inbox_id,

@@ -1,0 +1,312 @@
+"""Conversations and tickets: reads, and the actions agents take on them.
+
+Every action is a change (schemas/changes.py) applied by a worker; see api/changes.py for how a
+write is identified, routed and answered.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import ORJSONResponse
+from sqlalchemy import select
+
+from api import changes
+from api.auth import Caller
+from api.errors import ApiError, not_found
+from api.views import conversation_out, ticket_out
+from schemas import changes as c
+from schemas.api import (
+    AssociateIn,
+    ChangeIn,
+    ChangeOut,
+    ConversationOut,
+    ConversationStatus,
+    ConversationStatusIn,
+    CreateTicketIn,
+    Location,
+    OwnerChangeIn,
+    TicketOut,
+    TicketStatus,
+    TicketStatusIn,
+)
+from store.db import reading
+from store.models import Change, Conversation, Ticket
+
+router = APIRouter()
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=120, description="Retries with the same key return the first result."),
+]
+WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"description": "Queued; not applied within the wait. Poll the Location."},
+    404: {},
+    409: {"description": "Refused by a rule (the body names it)."},
+    422: {},
+    503: {},
+}
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+
+@router.get("/conversations", response_model=list[ConversationOut], tags=["conversations"])
+def list_conversations(
+    who: Caller,
+    status: ConversationStatus | None = None,
+    owner_id: int | None = None,
+    location: Location | None = None,
+    inbox_id: int | None = None,
+    trashed: bool = False,
+    after_id: int = 0,
+    limit: int = Query(default=50, ge=1, le=500),
+) -> Any:
+    with reading() as session:
+        query = select(Conversation).where(Conversation.id > after_id)
+        if not who.is_admin:
+            query = query.where(Conversation.account_id == who.account_id)
+        if status is not None:
+            query = query.where(Conversation.status == status)
+        if owner_id is not None:
+            query = query.where(Conversation.owner_id == owner_id)
+        if location is not None:
+            query = query.where(Conversation.location == location)
+        if inbox_id is not None:
+            query = query.where(Conversation.inbox_id == inbox_id)
+        query = query.where(
+            Conversation.removed_by.is_not(None) if trashed else Conversation.removed_by.is_(None)
+        )
+        rows = session.scalars(query.order_by(Conversation.id).limit(limit)).all()
+        return [conversation_out(session, r) for r in rows]
+
+
+@router.get(
+    "/conversations/{conversation_id}", response_model=ConversationOut, tags=["conversations"]
+)
+def get_conversation(conversation_id: int, who: Caller) -> Any:
+    with reading() as session:
+        conv = session.get(Conversation, conversation_id)
+        who.require("conversation", conversation_id, conv and conv.account_id)
+        assert conv is not None
+        return conversation_out(session, conv, with_messages=True)
+
+
+@router.get("/tickets", response_model=list[TicketOut], tags=["tickets"])
+def list_tickets(
+    who: Caller,
+    status: TicketStatus | None = None,
+    owner_id: int | None = None,
+    location: Location | None = None,
+    deleted: bool = False,
+    after_id: int = 0,
+    limit: int = Query(default=50, ge=1, le=500),
+) -> Any:
+    with reading() as session:
+        query = select(Ticket).where(Ticket.id > after_id)
+        if not who.is_admin:
+            query = query.where(Ticket.account_id == who.account_id)
+        if status is not None:
+            query = query.where(Ticket.status == status)
+        if owner_id is not None:
+            query = query.where(Ticket.owner_id == owner_id)
+        if location is not None:
+            query = query.where(Ticket.location == location)
+        query = query.where(
+            Ticket.removed_by.is_not(None) if deleted else Ticket.removed_by.is_(None)
+        )
+        rows = session.scalars(query.order_by(Ticket.id).limit(limit)).all()
+        return [ticket_out(session, r) for r in rows]
+
+
+@router.get("/tickets/{ticket_id}", response_model=TicketOut, tags=["tickets"])
+def get_ticket(ticket_id: int, who: Caller) -> Any:
+    with reading() as session:
+        ticket = session.get(Ticket, ticket_id)
+        who.require("ticket", ticket_id, ticket and ticket.account_id)
+        assert ticket is not None
+        return ticket_out(session, ticket)
+
+
+@router.get("/changes/{change_id:path}", response_model=ChangeOut, tags=["changes"])
+def get_change(change_id: str, who: Caller) -> Any:
+    with reading() as session:
+        change = session.get(Change, change_id)
+        if change is None or not who.sees(change.account_id):
+            raise not_found("change", change_id)
+    body, status = changes.render(change)
+    return ORJSONResponse(body, status_code=status)
+
+
+# ---- actions -----------------------------------------------------------------------------------
+
+
+def _write(path: str, summary: str, tag: str) -> Any:
+    return router.post(
+        path, response_model=ChangeOut, responses=WRITE_RESPONSES, summary=summary, tags=[tag]
+    )
+
+
+@_write(
+    "/conversations/{conversation_id}/ticket",
+    "Create the conversation's ticket (T1, R1/R2)",
+    "tickets",
+)
+async def create_ticket(
+    conversation_id: int,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+    body: CreateTicketIn | None = None,
+) -> ORJSONResponse:
+    body = body or CreateTicketIn()
+    action = c.CreateTicket(conversation_id=conversation_id, **body.model_dump())
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/tickets/{ticket_id}/conversations", "Associate another conversation (T3)", "tickets")
+async def associate(
+    ticket_id: int,
+    body: AssociateIn,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    action = c.AssociateConversation(ticket_id=ticket_id, conversation_id=body.conversation_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@router.delete(
+    "/tickets/{ticket_id}/conversations/{conversation_id}",
+    response_model=ChangeOut,
+    responses=WRITE_RESPONSES,
+    summary="Dissociate a conversation: always refused (T2)",
+    tags=["tickets"],
+)
+async def dissociate(
+    ticket_id: int,
+    conversation_id: int,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    action = c.DissociateConversation(ticket_id=ticket_id, conversation_id=conversation_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write(
+    "/conversations/{conversation_id}/owner", "Set the conversation's owner (O1)", "conversations"
+)
+async def set_conversation_owner(
+    conversation_id: int,
+    body: OwnerChangeIn,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    action = c.SetConversationOwner(conversation_id=conversation_id, owner_id=body.owner_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/tickets/{ticket_id}/owner", "Set the ticket's owner (O2)", "tickets")
+async def set_ticket_owner(
+    ticket_id: int,
+    body: OwnerChangeIn,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    action = c.SetTicketOwner(ticket_id=ticket_id, owner_id=body.owner_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write(
+    "/conversations/{conversation_id}/status", "Open or close a conversation (S3)", "conversations"
+)
+async def set_conversation_status(
+    conversation_id: int,
+    body: ConversationStatusIn,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    action = c.SetConversationStatus(conversation_id=conversation_id, status=body.status)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/conversations/{conversation_id}/close", "Close a conversation (S3)", "conversations")
+async def close_conversation(
+    conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+) -> ORJSONResponse:
+    action = c.SetConversationStatus(conversation_id=conversation_id, status="closed")
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/tickets/{ticket_id}/status", "Set the ticket's stage (S1, S2)", "tickets")
+async def set_ticket_status(
+    ticket_id: int,
+    body: TicketStatusIn,
+    request: Request,
+    who: Caller,
+    idempotency_key: IdempotencyKey = None,
+) -> ORJSONResponse:
+    action = c.SetTicketStatus(ticket_id=ticket_id, status=body.status)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/conversations/{conversation_id}/trash", "Trash a conversation (D1, D2)", "conversations")
+async def trash_conversation(
+    conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+) -> ORJSONResponse:
+    action = c.TrashConversation(conversation_id=conversation_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@router.delete(
+    "/tickets/{ticket_id}",
+    response_model=ChangeOut,
+    responses=WRITE_RESPONSES,
+    summary="Delete a ticket (D2)",
+    tags=["tickets"],
+)
+async def delete_ticket(
+    ticket_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+) -> ORJSONResponse:
+    action = c.DeleteTicket(ticket_id=ticket_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write(
+    "/conversations/{conversation_id}/restore", "Restore what trashing removed", "conversations"
+)
+async def restore_conversation(
+    conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+) -> ORJSONResponse:
+    action = c.RestoreConversation(conversation_id=conversation_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/tickets/{ticket_id}/restore", "Restore what deleting removed", "tickets")
+async def restore_ticket(
+    ticket_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+) -> ORJSONResponse:
+    action = c.RestoreTicket(ticket_id=ticket_id)
+    return await changes.submit(request, who, action, idempotency_key=idempotency_key)
+
+
+@_write("/changes", "Apply a change with its own id and time", "changes")
+async def post_change(
+    body: ChangeIn, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+) -> ORJSONResponse:
+    if isinstance(body.action, c.MessageReceived):
+        raise ApiError(422, "invalid_request", "messages arrive through webhooks, not /changes")
+    if isinstance(body.action, c.CreateTicket) and (body.action.ticket_id or body.action.location):
+        raise ApiError(422, "invalid_request", "ticket_id and location are chosen by inboxsync")
+    return await changes.submit(
+        request,
+        who,
+        body.action,
+        idempotency_key=idempotency_key,
+        given_id=body.id,
+        occurred_at=body.occurred_at,
+    )

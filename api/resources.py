@@ -1,0 +1,235 @@
+"""Accounts, tokens, inboxes and owners: plain rows written by the API itself.
+
+``Idempotency-Key`` on these writes: the first answer is stored with the row, in the same
+transaction, and returned to every retry with that key; the same key with another body is 422.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header
+from fastapi.responses import ORJSONResponse
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.auth import Admin, Caller, new_token
+from api.errors import ApiError, not_found
+from handlers import routing
+from handlers.channels import REGISTRY
+from schemas.api import (
+    AccountIn,
+    AccountOut,
+    InboxIn,
+    InboxOut,
+    OwnerIn,
+    OwnerOut,
+    TokenIn,
+    TokenOut,
+)
+from settings import get_settings
+from store.cases import aware
+from store.db import reading, transaction
+from store.models import Account, ApiToken, IdempotentResponse, Inbox, Owner
+
+router = APIRouter()
+IdempotencyKey = Annotated[str | None, Header(max_length=200)]
+
+
+def idempotent(
+    scope: str, key: str | None, request: Any, status: int, write: Callable[[Session], Any]
+) -> ORJSONResponse:
+    """Run ``write`` once per (scope, key); every retry gets the first answer."""
+    digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    if key is not None and (prior := _prior(scope, key, digest)) is not None:
+        return prior
+    try:
+        with transaction() as session:
+            body = write(session)
+            if key is not None:
+                session.add(
+                    IdempotentResponse(
+                        scope=scope,
+                        key=key,
+                        request_sha256=digest,
+                        status_code=status,
+                        body=_redacted(body),
+                        created_at=datetime.now(UTC),
+                    )
+                )
+    except sa_exc.IntegrityError:
+        # A concurrent retry with the same key won the race: answer as it did.
+        if key is not None and (prior := _prior(scope, key, digest)) is not None:
+            return prior
+        raise ApiError(409, "conflict", "the write conflicts with existing data") from None
+    return ORJSONResponse(body, status_code=status)
+
+
+def _prior(scope: str, key: str, digest: str) -> ORJSONResponse | None:
+    with reading() as session:
+        row = session.get(IdempotentResponse, (scope, key))
+        if row is None:
+            return None
+        if row.request_sha256 != digest:
+            raise ApiError(
+                422, "idempotency_key_reused", "this Idempotency-Key was used with another body"
+            )
+        return ORJSONResponse(row.body, status_code=row.status_code)
+
+
+def _redacted(body: Any) -> Any:
+    # A token is shown once: a replay says it was issued but does not store it in clear.
+    if isinstance(body, dict) and body.get("token"):
+        return {**body, "token": None}
+    return body
+
+
+def account_out(account: Account) -> dict[str, Any]:
+    settings = get_settings()
+    location = routing.ticket_location(
+        account.tier,
+        aware(account.created_at),
+        cutoff=settings.helpdesk_cutoff,
+        helpdesk_tiers=settings.helpdesk_tiers,
+    )
+    return AccountOut(
+        id=account.id,
+        name=account.name,
+        tier=account.tier,  # type: ignore[arg-type]
+        created_at=aware(account.created_at),
+        ticket_location=location,
+    ).model_dump(mode="json")
+
+
+@router.post("/accounts", status_code=201, response_model=AccountOut, tags=["admin"])
+def create_account(body: AccountIn, _: Admin, idempotency_key: IdempotencyKey = None) -> Any:
+    def write(session: Session) -> dict[str, Any]:
+        account = Account(
+            name=body.name, tier=body.tier, created_at=body.created_at or datetime.now(UTC)
+        )
+        session.add(account)
+        session.flush()
+        return account_out(account)
+
+    return idempotent("accounts", idempotency_key, body.model_dump(mode="json"), 201, write)
+
+
+@router.get("/accounts", response_model=list[AccountOut], tags=["admin"])
+def list_accounts(who: Caller) -> Any:
+    with reading() as session:
+        query = select(Account).order_by(Account.id)
+        if not who.is_admin:
+            query = query.where(Account.id == who.account_id)
+        return [account_out(a) for a in session.scalars(query)]
+
+
+@router.get("/accounts/{account_id}", response_model=AccountOut, tags=["admin"])
+def get_account(account_id: int, who: Caller) -> Any:
+    with reading() as session:
+        account = session.get(Account, account_id)
+        who.require("account", account_id, account and account.id)
+        assert account is not None
+        return account_out(account)
+
+
+@router.post(
+    "/accounts/{account_id}/tokens", status_code=201, response_model=TokenOut, tags=["admin"]
+)
+def create_token(
+    account_id: int, body: TokenIn, _: Admin, idempotency_key: IdempotencyKey = None
+) -> Any:
+    def write(session: Session) -> dict[str, Any]:
+        if session.get(Account, account_id) is None:
+            raise not_found("account", account_id)
+        token, digest = new_token()
+        row = ApiToken(
+            account_id=account_id, name=body.name, token_sha256=digest, created_at=datetime.now(UTC)
+        )
+        session.add(row)
+        session.flush()
+        return TokenOut(id=row.id, account_id=account_id, name=row.name, token=token).model_dump()
+
+    scope = f"tokens:{account_id}"
+    return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+
+
+def inbox_out(inbox: Inbox) -> dict[str, Any]:
+    return InboxOut(
+        id=inbox.id,
+        account_id=inbox.account_id,
+        name=inbox.name,
+        channel=inbox.channel,  # type: ignore[arg-type]
+        provider=inbox.provider,
+        webhook_path=f"/webhooks/{inbox.id}",
+    ).model_dump()
+
+
+@router.post("/inboxes", status_code=201, response_model=InboxOut, tags=["inboxes"])
+def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = None) -> Any:
+    account_id = who.account_for_create(body.account_id)
+    if body.provider not in REGISTRY:
+        raise ApiError(
+            422, "invalid_request", f"unknown provider {body.provider!r}; known: {sorted(REGISTRY)}"
+        )
+
+    def write(session: Session) -> dict[str, Any]:
+        if session.get(Account, account_id) is None:
+            raise not_found("account", account_id)
+        inbox = Inbox(
+            account_id=account_id,
+            name=body.name,
+            channel=body.channel,
+            provider=body.provider,
+            secrets=body.secrets,
+        )
+        session.add(inbox)
+        session.flush()
+        return inbox_out(inbox)
+
+    scope = f"inboxes:{account_id}"
+    return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+
+
+@router.get("/inboxes", response_model=list[InboxOut], tags=["inboxes"])
+def list_inboxes(who: Caller) -> Any:
+    with reading() as session:
+        query = select(Inbox).order_by(Inbox.id)
+        if not who.is_admin:
+            query = query.where(Inbox.account_id == who.account_id)
+        return [inbox_out(i) for i in session.scalars(query)]
+
+
+def owner_out(owner: Owner) -> dict[str, Any]:
+    return OwnerOut(
+        id=owner.id, account_id=owner.account_id, name=owner.name, email=owner.email
+    ).model_dump()
+
+
+@router.post("/owners", status_code=201, response_model=OwnerOut, tags=["owners"])
+def create_owner(body: OwnerIn, who: Caller, idempotency_key: IdempotencyKey = None) -> Any:
+    account_id = who.account_for_create(body.account_id)
+
+    def write(session: Session) -> dict[str, Any]:
+        if session.get(Account, account_id) is None:
+            raise not_found("account", account_id)
+        owner = Owner(account_id=account_id, name=body.name, email=body.email)
+        session.add(owner)
+        session.flush()
+        return owner_out(owner)
+
+    scope = f"owners:{account_id}"
+    return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+
+
+@router.get("/owners", response_model=list[OwnerOut], tags=["owners"])
+def list_owners(who: Caller) -> Any:
+    with reading() as session:
+        query = select(Owner).order_by(Owner.id)
+        if not who.is_admin:
+            query = query.where(Owner.account_id == who.account_id)
+        return [owner_out(o) for o in session.scalars(query)]

@@ -1,0 +1,74 @@
+"""Rows to API bodies, and the account lookups every route needs for tenancy checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from schemas.api import ConversationOut, MessageOut, TicketOut
+from store.models import Contact, Conversation, Message, Ticket
+
+
+def conversation_out(
+    session: Session, conv: Conversation, *, with_messages: bool = False
+) -> ConversationOut:
+    contact = session.scalar(select(Contact.handle).where(Contact.id == conv.contact_id)) or ""
+    messages = None
+    if with_messages:
+        rows = session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conv.id)
+            .order_by(Message.sent_at, Message.id)
+        ).all()
+        messages = [
+            MessageOut(
+                id=m.id,
+                external_id=m.external_id,
+                direction=m.direction,
+                sender=m.sender,
+                text=m.text,
+                sent_at=m.sent_at,
+                received_at=m.received_at,
+            )
+            for m in rows
+        ]
+    return ConversationOut(
+        id=conv.id,
+        account_id=conv.account_id,
+        inbox_id=conv.inbox_id,
+        contact=contact,
+        thread_key=conv.thread_key,
+        owner_id=conv.owner_id,
+        status=conv.status,  # type: ignore[arg-type]
+        location=conv.location,  # type: ignore[arg-type]
+        ticket_id=conv.ticket_id,
+        trashed=conv.removed_by is not None,
+        removed_at=conv.removed_at,
+        created_at=conv.created_at,
+        last_message_at=conv.last_message_at,
+        messages=messages,
+    )
+
+
+def ticket_out(session: Session, ticket: Ticket) -> TicketOut:
+    conv_ids = session.scalars(
+        select(Conversation.id).where(Conversation.ticket_id == ticket.id).order_by(Conversation.id)
+    ).all()
+    return TicketOut(
+        id=ticket.id,
+        account_id=ticket.account_id,
+        owner_id=ticket.owner_id,
+        status=ticket.status,  # type: ignore[arg-type]
+        priority=ticket.priority,
+        properties=ticket.properties,
+        location=ticket.location,  # type: ignore[arg-type]
+        deleted=ticket.removed_by is not None,
+        removed_at=ticket.removed_at,
+        created_at=ticket.created_at,
+        conversation_ids=list(conv_ids),
+    )
+
+
+def account_of(session: Session, entity: str, entity_id: int) -> int | None:
+    model = {"conversation": Conversation, "ticket": Ticket}[entity]
+    return session.scalar(select(model.account_id).where(model.id == entity_id))

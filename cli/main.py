@@ -1,0 +1,140 @@
+"""The ``inboxsync`` command: run the service, the workers, the migrations, the demo; admin."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+ALL_QUEUES = "ingest,inbox,helpdesk,bulk"
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate")] = True,
+) -> None:
+    """Run the HTTP service (webhook ingress and API)."""
+    import uvicorn
+
+    if migrate_first:
+        migrate()
+    uvicorn.run(
+        "api.main:app", host=host, port=port, workers=workers, log_level="warning", access_log=False
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="comma-separated")] = ALL_QUEUES,
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 0,
+    pool: str = "prefork",
+    loglevel: str = "info",
+) -> None:
+    """Run a Celery worker with the project's configuration (celeryconfig.py)."""
+    from workers.app import app as celery_app
+
+    argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the store's schema to the newest version."""
+    from store.migrate import upgrade
+
+    upgrade()
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="keep the demo's data from earlier runs")] = False,
+) -> None:
+    """Run the whole pipeline on this machine and show what it did."""
+    from cli.demo import run
+
+    sys.exit(run(keep=keep))
+
+
+@app.command("create-account")
+def create_account(
+    name: str,
+    tier: Annotated[str, typer.Option(help="free, starter, professional or enterprise")] = "free",
+    created_at: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
+) -> None:
+    """Create an account; prints its id."""
+    from store.db import transaction
+    from store.models import Account
+
+    when = datetime.fromisoformat(created_at) if created_at else datetime.now(UTC)
+    if when.tzinfo is None:
+        raise typer.BadParameter("created_at needs a timezone, e.g. 2024-05-01T00:00:00+00:00")
+    with transaction() as session:
+        account = Account(name=name, tier=tier, created_at=when)
+        session.add(account)
+        session.flush()
+        typer.echo(account.id)
+
+
+@app.command("create-inbox")
+def create_inbox(
+    account_id: int,
+    name: str,
+    channel: str = "email",
+    provider: str = "generic",
+    secret: Annotated[list[str] | None, typer.Option(help="key=value, repeatable")] = None,
+) -> None:
+    """Create an inbox; prints its id and webhook path."""
+    from store.db import transaction
+    from store.models import Inbox
+
+    secrets = dict(s.split("=", 1) for s in secret or [])
+    with transaction() as session:
+        inbox = Inbox(
+            account_id=account_id, name=name, channel=channel, provider=provider, secrets=secrets
+        )
+        session.add(inbox)
+        session.flush()
+        typer.echo(f"{inbox.id} /webhooks/{inbox.id}")
+
+
+@app.command("create-owner")
+def create_owner(account_id: int, name: str, email: str | None = None) -> None:
+    """Create an owner (agent); prints its id."""
+    from store.db import transaction
+    from store.models import Owner
+
+    with transaction() as session:
+        owner = Owner(account_id=account_id, name=name, email=email)
+        session.add(owner)
+        session.flush()
+        typer.echo(owner.id)
+
+
+@app.command("create-token")
+def create_token(account_id: int, name: str = "cli") -> None:
+    """Create an API token for an account; prints it (only its digest is stored)."""
+    from api.auth import new_token
+    from store.db import transaction
+    from store.models import ApiToken
+
+    token, digest = new_token()
+    with transaction() as session:
+        session.add(
+            ApiToken(
+                account_id=account_id, name=name, token_sha256=digest, created_at=datetime.now(UTC)
+            )
+        )
+    typer.echo(token)
+
+
+if __name__ == "__main__":
+    app()
