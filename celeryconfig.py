@@ -18,7 +18,9 @@ task_ignore_result = True
 
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True  # failures end in a dead-letter record, not a requeue loop
+# A failed task has its dead-letter record (workers/tasks.py): acknowledge it, no requeue loop.
+task_acks_on_failure = True
+task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
 broker_transport_options = {

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import select
 
 from api import changes
 from api.auth import Caller
-from api.errors import ApiError, not_found
+from api.errors import JSON, ApiError, not_found
 from api.views import conversation_out, ticket_out
 from schemas import changes as c
 from schemas.api import (
@@ -135,7 +134,7 @@ def get_change(change_id: str, who: Caller) -> Any:
         if change is None or not who.sees(change.account_id):
             raise not_found("change", change_id)
     body, status = changes.render(change)
-    return ORJSONResponse(body, status_code=status)
+    return JSON(body, status_code=status)
 
 
 # ---- actions -----------------------------------------------------------------------------------
@@ -158,7 +157,7 @@ async def create_ticket(
     who: Caller,
     idempotency_key: IdempotencyKey = None,
     body: CreateTicketIn | None = None,
-) -> ORJSONResponse:
+) -> JSON:
     body = body or CreateTicketIn()
     action = c.CreateTicket(conversation_id=conversation_id, **body.model_dump())
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
@@ -171,7 +170,7 @@ async def associate(
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> JSON:
     action = c.AssociateConversation(ticket_id=ticket_id, conversation_id=body.conversation_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -189,7 +188,7 @@ async def dissociate(
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> JSON:
     action = c.DissociateConversation(ticket_id=ticket_id, conversation_id=conversation_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -203,7 +202,7 @@ async def set_conversation_owner(
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> JSON:
     action = c.SetConversationOwner(conversation_id=conversation_id, owner_id=body.owner_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -215,7 +214,7 @@ async def set_ticket_owner(
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> JSON:
     action = c.SetTicketOwner(ticket_id=ticket_id, owner_id=body.owner_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -229,7 +228,7 @@ async def set_conversation_status(
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> JSON:
     action = c.SetConversationStatus(conversation_id=conversation_id, status=body.status)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -237,7 +236,7 @@ async def set_conversation_status(
 @_write("/conversations/{conversation_id}/close", "Close a conversation (S3)", "conversations")
 async def close_conversation(
     conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
-) -> ORJSONResponse:
+) -> JSON:
     action = c.SetConversationStatus(conversation_id=conversation_id, status="closed")
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -249,7 +248,7 @@ async def set_ticket_status(
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
-) -> ORJSONResponse:
+) -> JSON:
     action = c.SetTicketStatus(ticket_id=ticket_id, status=body.status)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -257,7 +256,7 @@ async def set_ticket_status(
 @_write("/conversations/{conversation_id}/trash", "Trash a conversation (D1, D2)", "conversations")
 async def trash_conversation(
     conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
-) -> ORJSONResponse:
+) -> JSON:
     action = c.TrashConversation(conversation_id=conversation_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -271,7 +270,7 @@ async def trash_conversation(
 )
 async def delete_ticket(
     ticket_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
-) -> ORJSONResponse:
+) -> JSON:
     action = c.DeleteTicket(ticket_id=ticket_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -281,7 +280,7 @@ async def delete_ticket(
 )
 async def restore_conversation(
     conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
-) -> ORJSONResponse:
+) -> JSON:
     action = c.RestoreConversation(conversation_id=conversation_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -289,7 +288,7 @@ async def restore_conversation(
 @_write("/tickets/{ticket_id}/restore", "Restore what deleting removed", "tickets")
 async def restore_ticket(
     ticket_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
-) -> ORJSONResponse:
+) -> JSON:
     action = c.RestoreTicket(ticket_id=ticket_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
 
@@ -297,7 +296,7 @@ async def restore_ticket(
 @_write("/changes", "Apply a change with its own id and time", "changes")
 async def post_change(
     body: ChangeIn, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
-) -> ORJSONResponse:
+) -> JSON:
     if isinstance(body.action, c.MessageReceived):
         raise ApiError(422, "invalid_request", "messages arrive through webhooks, not /changes")
     if isinstance(body.action, c.CreateTicket) and (body.action.ticket_id or body.action.location):

@@ -16,12 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal
-from api.errors import ApiError, not_found
+from api.errors import JSON, ApiError, not_found
 from api.views import account_of, conversation_out, ticket_out
 from handlers import pipeline
 from handlers.apply import request_digest
@@ -84,7 +83,7 @@ async def submit(
     idempotency_key: str | None,
     given_id: str | None = None,
     occurred_at: datetime | None = None,
-) -> ORJSONResponse:
+) -> JSON:
     account_id, queue = await run_in_threadpool(_prepare, who, action)
     change_id = change_id_for(account_id, idempotency_key, given_id)
     digest = request_digest(action)
@@ -119,18 +118,18 @@ async def _wait(change_id: str, timeout: float) -> tuple[Change | None, DeadLett
         pause = min(pause * 2, 0.1)
 
 
-def _answer(change_id: str, change: Change | None, dead: DeadLetter | None) -> ORJSONResponse:
+def _answer(change_id: str, change: Change | None, dead: DeadLetter | None) -> JSON:
     if dead is not None:
         out = ChangeOut(change_id=change_id, status="failed", error=dead.error)
-        return ORJSONResponse(out.model_dump(mode="json"), status_code=422)
+        return JSON(out.model_dump(mode="json"), status_code=422)
     if change is None:
         out = ChangeOut(change_id=change_id, status="pending")
-        return ORJSONResponse(
+        return JSON(
             out.model_dump(mode="json"),
             status_code=202,
             headers={"Location": f"/changes/{change_id}"},
         )
-    return ORJSONResponse(*render(change))
+    return JSON(*render(change))
 
 
 def render(change: Change) -> tuple[dict[str, Any], int]:

@@ -6,15 +6,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from kombu.exceptions import OperationalError as BrokerError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.channels.base import WebhookError
 
 log = logging.getLogger(__name__)
+
+
+class JSON(Response):
+    """A JSON response serialized with orjson (datetimes included)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 class ApiError(Exception):
@@ -36,41 +46,41 @@ def body(error: str, message: str, details: Any = None) -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> ORJSONResponse:
-        return ORJSONResponse(body(exc.error, exc.message, exc.details), status_code=exc.status)
+    async def _api_error(_: Request, exc: ApiError) -> JSON:
+        return JSON(body(exc.error, exc.message, exc.details), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSON:
         details = [
             {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()
         ]
         message = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
-        return ORJSONResponse(body("invalid_request", message, details), status_code=422)
+        return JSON(body("invalid_request", message, details), status_code=422)
 
     @app.exception_handler(WebhookError)
-    async def _webhook(_: Request, exc: WebhookError) -> ORJSONResponse:
+    async def _webhook(_: Request, exc: WebhookError) -> JSON:
         error = {401: "bad_signature", 413: "too_large"}.get(exc.status, "invalid_payload")
         details = {"field": exc.field} if exc.field else None
-        return ORJSONResponse(body(error, str(exc), details), status_code=exc.status)
+        return JSON(body(error, str(exc), details), status_code=exc.status)
 
     @app.exception_handler(BrokerError)
-    async def _broker_down(_: Request, exc: BrokerError) -> ORJSONResponse:
+    async def _broker_down(_: Request, exc: BrokerError) -> JSON:
         log.warning("broker unavailable: %s", exc)
-        return ORJSONResponse(
+        return JSON(
             body("broker_unavailable", "the queue is unavailable; nothing was accepted, retry"),
             status_code=503,
             headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSON:
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(body(error, str(exc.detail)), status_code=exc.status_code)
+        return JSON(body(error, str(exc.detail)), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+    async def _unexpected(_: Request, exc: Exception) -> JSON:
         log.exception("unexpected error")
-        return ORJSONResponse(
+        return JSON(
             body("internal_error", f"{type(exc).__name__}; nothing was changed by this request"),
             status_code=500,
         )

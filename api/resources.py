@@ -13,13 +13,12 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header
-from fastapi.responses import ORJSONResponse
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Admin, Caller, new_token
-from api.errors import ApiError, not_found
+from api.errors import JSON, ApiError, not_found
 from handlers import routing
 from handlers.channels import REGISTRY
 from schemas.api import (
@@ -43,7 +42,7 @@ IdempotencyKey = Annotated[str | None, Header(max_length=200)]
 
 def idempotent(
     scope: str, key: str | None, request: Any, status: int, write: Callable[[Session], Any]
-) -> ORJSONResponse:
+) -> JSON:
     """Run ``write`` once per (scope, key); every retry gets the first answer."""
     digest = hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
     if key is not None and (prior := _prior(scope, key, digest)) is not None:
@@ -67,10 +66,10 @@ def idempotent(
         if key is not None and (prior := _prior(scope, key, digest)) is not None:
             return prior
         raise ApiError(409, "conflict", "the write conflicts with existing data") from None
-    return ORJSONResponse(body, status_code=status)
+    return JSON(body, status_code=status)
 
 
-def _prior(scope: str, key: str, digest: str) -> ORJSONResponse | None:
+def _prior(scope: str, key: str, digest: str) -> JSON | None:
     with reading() as session:
         row = session.get(IdempotentResponse, (scope, key))
         if row is None:
@@ -79,7 +78,7 @@ def _prior(scope: str, key: str, digest: str) -> ORJSONResponse | None:
             raise ApiError(
                 422, "idempotency_key_reused", "this Idempotency-Key was used with another body"
             )
-        return ORJSONResponse(row.body, status_code=row.status_code)
+        return JSON(row.body, status_code=row.status_code)
 
 
 def _redacted(body: Any) -> Any:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import ORJSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import ApiError, not_found
+from api.errors import JSON, ApiError, not_found
 from handlers import pipeline
 from handlers.channels import adapter_for
 from handlers.channels.base import WebhookRequest
@@ -63,7 +62,7 @@ def forget_inbox(inbox_id: int) -> None:
     summary="Inbound webhook of an inbox's provider",
     responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
 )
-async def receive(inbox_id: int, request: Request) -> ORJSONResponse:
+async def receive(inbox_id: int, request: Request) -> JSON:
     settings = request.app.state.settings
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
@@ -89,5 +88,5 @@ async def receive(inbox_id: int, request: Request) -> ORJSONResponse:
             [pipeline.delivery(inbox.id, inbox.provider, p) for p in accepted.payloads]
         )
     if accepted.reply is not None:
-        return ORJSONResponse(accepted.reply, status_code=200)
-    return ORJSONResponse({"accepted": len(accepted.payloads)}, status_code=202)
+        return JSON(accepted.reply, status_code=200)
+    return JSON({"accepted": len(accepted.payloads)}, status_code=202)
