@@ -23,13 +23,18 @@ task_acks_on_failure = True
 task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
-broker_transport_options = {
-    "visibility_timeout": (
-        _settings.embedded_visibility_timeout_s
-        if _settings.is_embedded_broker
-        else _settings.redis_visibility_timeout_s
-    ),
-}
+if _settings.is_embedded_broker:
+    broker_transport_options = {"visibility_timeout": _settings.embedded_visibility_timeout_s}
+else:
+    # Redis: a message taken by a worker that died is put back once it is older than the
+    # visibility timeout, by a sweep every ``unacked_restore_interval`` seconds.
+    broker_transport_options = {
+        "visibility_timeout": _settings.redis_visibility_timeout_s,
+        "unacked_restore_interval": _settings.redis_restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 30,  # a worker killed mid-sweep blocks sweeps this long
+        "socket_connect_timeout": 3,
+    }
 
 task_serializer = "json"
 accept_content = ["json"]

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     task_max_retries: int = 8
     embedded_visibility_timeout_s: float = 60.0
     redis_visibility_timeout_s: float = 3600.0
+    redis_restore_interval_s: int = 10
     retention_days: int = 30
 
     @property
