@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     ingest_batch_max: int = 200
     ingest_batch_window_ms: float = 5.0
     ingest_enqueue_timeout_s: float = 5.0
+    # Journaled deliveries not stored this long after their enqueue are enqueued again (their
+    # broker message was lost); the ingress checks every sweep_interval_s.
+    sweep_after_s: float = 120.0
+    sweep_interval_s: float = 15.0
 
     # API writes wait this long for a worker to apply the change before answering 202.
     api_wait_timeout_s: float = 10.0

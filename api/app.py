@@ -2,28 +2,54 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from api import batcher, cases, errors, resources, webhooks
 from handlers import pipeline
 from settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
 
-def publish_ingest_batch(deliveries: list[dict[str, Any]]) -> None:
-    """One broker message for a whole batch of deliveries (see api/batcher.py)."""
+
+def publish_ids(delivery_ids: list[int]) -> None:
     from workers.app import app
 
     app.send_task(
         pipeline.INGEST_TASK,
-        args=[deliveries],
+        args=[delivery_ids],
         queue="ingest",
         retry=True,
         retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
     )
+
+
+def enqueue(deliveries: list[dict[str, Any]]) -> None:
+    """Journal a batch of deliveries in the store, then put one message with their ids on the
+    broker. Either failing fails every request of the batch (503); a journaled batch whose
+    publish failed is enqueued again by the sweeper, and the providers' retries dedupe."""
+    publish_ids(pipeline.journal(deliveries))
+
+
+async def sweep_forever(settings: Settings) -> None:
+    """Re-enqueue journaled deliveries whose broker message was lost (see pipeline.sweep)."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval_s)
+        try:
+            while ids := await run_in_threadpool(pipeline.sweep, settings.sweep_after_s):
+                for start in range(0, len(ids), settings.ingest_batch_max):
+                    await run_in_threadpool(
+                        publish_ids, ids[start : start + settings.ingest_batch_max]
+                    )
+                log.warning("re-enqueued %d deliveries whose broker message was lost", len(ids))
+        except Exception:
+            log.exception("sweep failed; trying again in %s s", settings.sweep_interval_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,11 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.batcher = batcher.Batcher(
-            publish_ingest_batch,
+            enqueue,
             max_items=settings.ingest_batch_max,
             window_s=settings.ingest_batch_window_ms / 1000,
         )
+        sweeper = asyncio.create_task(sweep_forever(settings))
         yield
+        sweeper.cancel()
+        with suppress(asyncio.CancelledError):
+            await sweeper
         app.state.batcher.close()
 
     app = FastAPI(

@@ -134,13 +134,29 @@ class Pipeline:
     def _setup(self) -> int:
         out = subprocess.run(
             [sys.executable, "-m", "cli.main", "create-account", "bench", "--tier", "free"],
-            env=self.env, cwd=ROOT, check=True, capture_output=True, text=True,
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         account = out.stdout.strip()
         out = subprocess.run(
-            [sys.executable, "-m", "cli.main", "create-inbox", account, "bench",
-             "--secret", f"signing_secret={SECRET}"],
-            env=self.env, cwd=ROOT, check=True, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "create-inbox",
+                account,
+                "bench",
+                "--secret",
+                f"signing_secret={SECRET}",
+            ],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return int(out.stdout.split()[0])
 
@@ -182,7 +198,9 @@ class Pipeline:
         started = time.perf_counter()
         out = subprocess.run(
             [sys.executable, __file__, "--load", str(self.port), f.name, str(connections)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         elapsed = time.perf_counter() - started
         os.unlink(f.name)

@@ -1,12 +1,13 @@
 """From a broker message to the store: what the thin Celery tasks in workers/tasks.py call.
 
-A delivery is one accepted webhook payload as the ingress enqueued it::
+A delivery is one accepted webhook payload::
 
     {"inbox_id": 7, "provider": "generic", "received_at": "2026-…Z", "payload": {...}}
 
-A batch of deliveries is normalized, then stored in one transaction. A delivery that cannot be
-normalized, or that makes its batch fail for a reason other than a transient one, ends in a
-dead-letter record; the rest of the batch is stored. Transient errors (the database went away,
+The ingress journals deliveries in the store (``journal``) and enqueues their ids; a worker
+claims a batch of ids, normalizes, and stores them in one transaction (``process_deliveries``).
+A delivery that cannot be normalized, or that makes its batch fail for a reason other than a
+transient one, ends in a dead-letter record; the rest of the batch is stored. Transient errors (the database went away,
 a lock timed out) propagate, so that Celery retries the whole task: what was committed before
 is deduplicated on the second run.
 """
@@ -14,13 +15,13 @@ is deduplicated on the second run.
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,8 +32,9 @@ from handlers.ingest import ingest
 from schemas import changes as c
 from schemas.inbound import InboundMessage
 from settings import Settings, get_settings
+from store import cases
 from store.db import is_postgres, transaction
-from store.models import Account, Conversation, DeadLetter, Ticket
+from store.models import Account, Conversation, DeadLetter, Delivery, Ticket
 
 # Worth retrying: the database or a lock, not the payload. IntegrityError is here because two
 # workers racing on one new row make one of them fail once; the retry finds the row.
@@ -48,13 +50,56 @@ APPLY_TASK = "inboxsync.apply_change"
 
 
 def delivery(inbox_id: int, provider: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """The broker form of one accepted webhook payload."""
+    """One accepted webhook payload, as the ingress hands it over."""
     return {
         "inbox_id": inbox_id,
         "provider": provider,
         "received_at": datetime.now(UTC).isoformat(),
         "payload": payload,
     }
+
+
+def journal(deliveries: list[dict[str, Any]]) -> list[int]:
+    """Keep accepted deliveries durably in the store (one commit); returns their ids.
+
+    This is what makes a 2xx safe: the broker message that follows carries only these ids, and a
+    lost broker message is made good by ``sweep``."""
+    now = datetime.now(UTC)
+    with transaction() as session:
+        ids = session.scalars(
+            insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True),
+            [
+                {
+                    "inbox_id": d["inbox_id"],
+                    "provider": d["provider"],
+                    "received_at": datetime.fromisoformat(d["received_at"]),
+                    "enqueued_at": now,
+                    "payload": d["payload"],
+                }
+                for d in deliveries
+            ],
+        ).all()
+    return list(ids)
+
+
+def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
+    """Ids of deliveries enqueued more than ``older_than_s`` ago and still not stored.
+
+    They are marked enqueued now, so that each is handed out again at most once per period; the
+    caller publishes them. A second copy of a delivery that was only slow is harmless: the worker
+    that gets it second finds its row gone."""
+    now = datetime.now(UTC)
+    with transaction() as session:
+        ids = session.scalars(
+            select(Delivery.id)
+            .where(Delivery.enqueued_at < now - timedelta(seconds=older_than_s))
+            .order_by(Delivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if ids:
+            session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(enqueued_at=now))
+    return list(ids)
 
 
 def normalize(d: dict[str, Any]) -> list[InboundMessage]:
@@ -71,49 +116,98 @@ def normalize(d: dict[str, Any]) -> list[InboundMessage]:
 
 
 def ingest_deliveries(deliveries: list[dict[str, Any]], task_id: str | None) -> dict[str, int]:
-    """Store a batch of deliveries; returns counts (stored, duplicate, dead)."""
-    groups: list[tuple[dict[str, Any], list[InboundMessage]]] = []
-    dead: list[tuple[dict[str, Any], Exception]] = []
-    for d in deliveries:
-        try:
-            groups.append((d, normalize(d)))
-        except WebhookError as exc:
-            dead.append((d, exc))
+    """Journal and store deliveries at once (what ingress + worker do, in one call)."""
+    return process_deliveries(journal(deliveries), task_id)
+
+
+def process_deliveries(ids: list[int], task_id: str | None) -> dict[str, int]:
+    """Store the journaled deliveries ``ids``; returns counts (stored, duplicate, dead, gone).
+
+    One transaction for the batch: the messages, the dead letters of deliveries that cannot be
+    normalized, and the deletion of the journal rows commit together, so each delivery is
+    processed once however often its id is delivered. If the batch fails for a reason that is not
+    transient, each delivery is tried alone and the one that fails goes to the dead letters."""
     try:
-        counts = _ingest_groups(groups, dead, task_id)
+        return _process(ids, task_id)
     except TRANSIENT_DB_ERRORS:
         raise
     except Exception:
-        if len(groups) <= 1:
+        if len(ids) <= 1:
+            return _bury(ids, task_id)
+    counts = {"stored": 0, "duplicate": 0, "dead": 0, "gone": 0}
+    for one in ids:
+        try:
+            part = _process([one], task_id)
+        except TRANSIENT_DB_ERRORS:
             raise
-        # One bad delivery must not hold back the others: isolate it.
-        counts = {"stored": 0, "duplicate": 0, "dead": len(dead)}
-        record_dead_letters(INGEST_TASK, task_id, dead)
-        for group in groups:
-            try:
-                part = _ingest_groups([group], [], task_id)
-            except TRANSIENT_DB_ERRORS:
-                raise
-            except Exception as exc:
-                record_dead_letters(INGEST_TASK, task_id, [(group[0], exc)])
-                counts["dead"] += 1
-                continue
-            counts["stored"] += part["stored"]
-            counts["duplicate"] += part["duplicate"]
+        except Exception:
+            part = _bury([one], task_id)
+        for key, value in part.items():
+            counts[key] += value
     return counts
 
 
-def _ingest_groups(
-    groups: list[tuple[dict[str, Any], list[InboundMessage]]],
-    dead: list[tuple[dict[str, Any], Exception]],
-    task_id: str | None,
-) -> dict[str, int]:
-    messages = [m for _, msgs in groups for m in msgs]
+def _claim(session: Session, ids: list[int]) -> list[Delivery]:
+    # SKIP LOCKED: a row another worker is storing right now is that worker's (PostgreSQL).
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.id.in_(ids))
+            .order_by(Delivery.id)
+            .with_for_update(skip_locked=True)
+        )
+    )
+
+
+def _as_delivery(row: Delivery) -> dict[str, Any]:
+    return {
+        "inbox_id": row.inbox_id,
+        "provider": row.provider,
+        "received_at": cases.aware(row.received_at).isoformat(),
+        "payload": row.payload,
+    }
+
+
+def _process(ids: list[int], task_id: str | None) -> dict[str, int]:
     with transaction() as session:
+        rows = _claim(session, ids)
+        messages: list[InboundMessage] = []
+        dead: list[tuple[dict[str, Any], BaseException]] = []
+        for row in rows:
+            d = _as_delivery(row)
+            try:
+                messages.extend(normalize(d))
+            except WebhookError as exc:
+                dead.append((d, exc))
         outcomes = ingest(session, messages) if messages else []
         _insert_dead_letters(session, INGEST_TASK, task_id, dead)
+        session.execute(delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
     duplicates = sum(1 for o in outcomes if o.duplicate)
-    return {"stored": len(outcomes) - duplicates, "duplicate": duplicates, "dead": len(dead)}
+    return {
+        "stored": len(outcomes) - duplicates,
+        "duplicate": duplicates,
+        "dead": len(dead),
+        "gone": len(ids) - len(rows),
+    }
+
+
+def _bury(ids: list[int], task_id: str | None) -> dict[str, int]:
+    """Dead-letter deliveries that fail on their own, with the error, and drop their rows."""
+    try:
+        _process(ids, task_id)
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:
+        error = exc
+    else:
+        return {"stored": 0, "duplicate": 0, "dead": 0, "gone": len(ids)}
+    with transaction() as session:
+        rows = _claim(session, ids)
+        _insert_dead_letters(
+            session, INGEST_TASK, task_id, [(_as_delivery(r), error) for r in rows]
+        )
+        session.execute(delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
+    return {"stored": 0, "duplicate": 0, "dead": len(rows), "gone": len(ids) - len(rows)}
 
 
 def run_change(envelope: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:

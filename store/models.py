@@ -141,6 +141,25 @@ class Thread(Base):
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
 
 
+class Delivery(Base):
+    """An accepted webhook payload, journaled by the ingress before it answers 2xx.
+
+    The broker carries only the ids; the worker that stores a delivery deletes its row in the same
+    transaction. A row still here long after ``enqueued_at`` lost its broker message (a worker
+    killed between taking it and recording it, a broker restart) and is enqueued again by the
+    sweeper (``handlers/pipeline.py``), so that nothing acknowledged is ever lost.
+    """
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    # No foreign key: the journal keeps what was accepted as it was; the worker judges it.
+    inbox_id: Mapped[int] = mapped_column(BigInteger)
+    provider: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime]
+    enqueued_at: Mapped[datetime] = mapped_column(index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class Message(Base):
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(Id, primary_key=True)

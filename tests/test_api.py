@@ -18,7 +18,7 @@ from api.app import create_app
 from api.batcher import Batcher
 from handlers import pipeline
 from store.db import reading
-from store.models import DeadLetter, Message
+from store.models import DeadLetter, Delivery, Message
 from tests.apihelp import ADMIN, eventually, message, post_webhook, setup_account
 
 
@@ -146,22 +146,24 @@ def test_broker_down_answers_503_and_nothing_is_acknowledged(
     dead = Celery("dead", broker="redis://127.0.0.1:1/0")  # nothing listens on port 1
     dead.conf.broker_connection_timeout = 0.5
 
-    def publish(deliveries: list[dict[str, Any]]) -> None:
+    def enqueue(deliveries: list[dict[str, Any]]) -> None:  # api.app.enqueue, to a dead broker
         dead.send_task(
             pipeline.INGEST_TASK,
-            args=[deliveries],
+            args=[pipeline.journal(deliveries)],
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1},
         )
 
     acct = setup_account(client)
-    client.app.state.batcher = Batcher(publish, max_items=10, window_s=0)  # type: ignore[attr-defined]
+    client.app.state.batcher = Batcher(enqueue, max_items=10, window_s=0)  # type: ignore[attr-defined]
     response = post_webhook(client, acct["inbox"], message("m"))
     assert response.status_code == 503
     assert response.json()["error"] == "broker_unavailable"
     assert response.headers["retry-after"]
     with reading() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 0
+        # The journaled copy stays for the sweeper; the provider's retry will be deduplicated.
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 1
 
 
 def test_R1_ticket_of_new_enterprise_account_goes_to_help_desk(client: TestClient) -> None:

@@ -47,8 +47,8 @@ class InboxsyncTask(Task):  # type: ignore[misc]
 
 
 @app.task(name=pipeline.INGEST_TASK, base=InboxsyncTask, bind=True)
-def ingest_batch(self: Task, deliveries: list[dict[str, Any]]) -> dict[str, int]:
-    return pipeline.ingest_deliveries(deliveries, task_id=self.request.id)
+def ingest_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
+    return pipeline.process_deliveries(delivery_ids, task_id=self.request.id)
 
 
 @app.task(name=pipeline.APPLY_TASK, base=InboxsyncTask, bind=True)
