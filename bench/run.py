@@ -308,7 +308,8 @@ def main() -> None:
                     )
                     rows.append(
                         (
-                            f"end-to-end: messages/s, {workers} worker process(es), Redis + PostgreSQL",
+                            f"end-to-end: messages/s, {workers} worker process(es), "
+                            "Redis + PostgreSQL",
                             f"{rate:,.0f}",
                             f"{args.n}",
                         )
@@ -325,7 +326,8 @@ def main() -> None:
                 rate = measure_end_to_end(p, 1, args.embedded_n, "emb", None)
                 rows.append(
                     (
-                        "end-to-end: messages/s, 1 worker process, embedded (SQLite store + broker)",
+                        "end-to-end: messages/s, 1 worker process, embedded "
+                        "(SQLite store + broker)",
                         f"{rate:,.0f}",
                         f"{args.embedded_n}",
                     )

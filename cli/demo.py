@@ -86,11 +86,9 @@ def run(*, keep: bool = False) -> int:
 
     subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=env, check=True)
     console.rule("[bold]inboxsync demo")
-    console.print(
-        f"store:  {'embedded SQLite' if settings.database_url is None else 'DATABASE_URL'}\n"
-        f"broker: {'embedded SQLite queue' if settings.is_embedded_broker else 'CELERY_BROKER_URL'}\n"
-        f"logs:   {logs}"
-    )
+    store = "embedded SQLite" if settings.database_url is None else "DATABASE_URL"
+    broker = "embedded SQLite queue" if settings.is_embedded_broker else "CELERY_BROKER_URL"
+    console.print(f"store:  {store}\nbroker: {broker}\nlogs:   {logs}")
     with ExitStack() as stack:
         _start(
             stack,

@@ -7,9 +7,9 @@ A delivery is one accepted webhook payload::
 The ingress journals deliveries in the store (``journal``) and enqueues their ids; a worker
 claims a batch of ids, normalizes, and stores them in one transaction (``process_deliveries``).
 A delivery that cannot be normalized, or that makes its batch fail for a reason other than a
-transient one, ends in a dead-letter record; the rest of the batch is stored. Transient errors (the database went away,
-a lock timed out) propagate, so that Celery retries the whole task: what was committed before
-is deduplicated on the second run.
+transient one, ends in a dead-letter record; the rest of the batch is stored. Transient errors
+(the database went away, a lock timed out) propagate, so that Celery retries the whole task:
+what was committed before is deduplicated on the second run.
 """
 
 from __future__ import annotations
