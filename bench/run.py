@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from handlers.channels.generic import sign  # noqa: E402
 
 SECRET = "bench-secret"
-THREADS = 500  # distinct thread keys: new conversations and appends, as in a real inbox
+THREADS = 5000  # distinct thread keys: new conversations and appends, as in a real inbox
 
 
 def free_port() -> int:
@@ -299,13 +299,22 @@ def main() -> None:
                 p = Pipeline(env, stack, work)
                 rate = measure_ingress(p, args.n, "ingress")
                 rows.append(("ingress: accepted webhooks/s (Redis)", f"{rate:,.0f}", f"{args.n}"))
-                p.start_workers(2)
-                wait_stored(p, args.n)  # drain what the ingress run queued
+                print(rows[-1], flush=True)
+                p.start_workers(1, profile)
+                time.sleep(1)
+                started = time.perf_counter()
+                done = wait_stored(p, args.n)  # drain what the ingress run queued
                 p.stop_workers()
-                for workers in (1, 2):
-                    rate = measure_end_to_end(
-                        p, workers, args.n, f"e2e{workers}", profile if workers == 1 else None
+                rows.append(
+                    (
+                        "workers alone: stored messages/s draining a full queue, 1 worker process",
+                        f"{args.n / (done - started):,.0f}",
+                        f"{args.n}",
                     )
+                )
+                print(rows[-1], flush=True)
+                for workers in (1, 2):
+                    rate = measure_end_to_end(p, workers, args.n, f"e2e{workers}", None)
                     rows.append(
                         (
                             f"end-to-end: messages/s, {workers} worker process(es), "

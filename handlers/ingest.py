@@ -14,14 +14,14 @@ import zlib
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, text, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text, tuple_, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from handlers import apply
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
-from store import cases
+from store import bulk, cases
 from store.db import is_postgres
 from store.models import Contact, Conversation, Inbox, Message, Thread
 
@@ -97,18 +97,24 @@ def _lock_threads(session: Session, keys: list[tuple[int, str]]) -> None:
 def _already_stored(
     session: Session, msgs: list[InboundMessage]
 ) -> dict[tuple[int, str], tuple[int, int]]:
-    rows = session.execute(
-        select(Message.inbox_id, Message.external_id, Message.id, Message.conversation_id).where(
-            tuple_(Message.inbox_id, Message.external_id).in_(
-                [(m.inbox_id, m.external_id) for m in msgs]
-            )
+    by_inbox: dict[int, list[str]] = defaultdict(list)
+    for m in msgs:
+        by_inbox[m.inbox_id].append(m.external_id)
+    found: dict[tuple[int, str], tuple[int, int]] = {}
+    for inbox_id, external_ids in by_inbox.items():
+        # One array parameter on PostgreSQL: no per-message SQL to render and plan.
+        wanted = (
+            Message.external_id == any_(bindparam("external_ids", external_ids, ARRAY(String)))
+            if is_postgres(session)
+            else Message.external_id.in_(external_ids)
         )
-    ).all()
-    return {(r.inbox_id, r.external_id): (r.id, r.conversation_id) for r in rows}
-
-
-def _dialect_insert(session: Session, table: type) -> postgresql.Insert | sqlite.Insert:
-    return (postgresql.insert if is_postgres(session) else sqlite.insert)(table)
+        rows = session.execute(
+            select(Message.external_id, Message.id, Message.conversation_id).where(
+                Message.inbox_id == inbox_id, wanted
+            )
+        ).all()
+        found.update({(inbox_id, r.external_id): (r.id, r.conversation_id) for r in rows})
+    return found
 
 
 def _resolve_threads(
@@ -118,14 +124,26 @@ def _resolve_threads(
 
     Returns the map and the ids of the conversations opened here."""
     keys = sorted({(m.inbox_id, m.effective_thread_key) for m in msgs})
-    rows = session.execute(
-        select(Thread.inbox_id, Thread.thread_key, Thread.conversation_id)
-        .join(Conversation, Conversation.id == Thread.conversation_id)
-        .where(
-            tuple_(Thread.inbox_id, Thread.thread_key).in_(keys),
-            Conversation.removed_by.is_(None),
+    pg = is_postgres(session)
+    if pg:
+        rows = bulk.select_pairs(
+            session,
+            "SELECT t.inbox_id, t.thread_key, t.conversation_id FROM threads t JOIN :pairs"
+            " ON t.inbox_id = w.a AND t.thread_key = w.b"
+            " JOIN conversations c ON c.id = t.conversation_id WHERE c.removed_by IS NULL",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            ("bigint", "text"),
         )
-    ).all()
+    else:
+        rows = session.execute(
+            select(Thread.inbox_id, Thread.thread_key, Thread.conversation_id)
+            .join(Conversation, Conversation.id == Thread.conversation_id)
+            .where(
+                tuple_(Thread.inbox_id, Thread.thread_key).in_(keys),
+                Conversation.removed_by.is_(None),
+            )
+        ).all()
     threads = {(r.inbox_id, r.thread_key): r.conversation_id for r in rows}
     first_msg: dict[tuple[int, str], InboundMessage] = {}
     for m in sorted(msgs, key=lambda m: m.sent_at):
@@ -135,47 +153,81 @@ def _resolve_threads(
         return threads, set()
     contacts = _contacts(session, [(inbox_accounts[k[0]], first_msg[k].sender) for k in new_keys])
     now = datetime.now(UTC)
+    new_rows = [
+        {
+            "account_id": inbox_accounts[inbox],
+            "inbox_id": inbox,
+            "contact_id": contacts[(inbox_accounts[inbox], first_msg[(inbox, key)].sender.lower())],
+            "thread_key": key,
+            "status": "open",
+            "location": "inbox",
+            "created_at": now,
+            "last_message_at": first_msg[(inbox, key)].sent_at,
+            "last_change_at": first_msg[(inbox, key)].sent_at,
+        }
+        for inbox, key in new_keys
+    ]
+    thread_rows: list[dict[str, object]]
+    if pg:
+        made = bulk.insert(
+            session, Conversation.__table__, new_rows, returning=["inbox_id", "thread_key", "id"]
+        )
+        created = [r.id for r in made]
+        threads.update({(r.inbox_id, r.thread_key): r.id for r in made})
+        thread_rows = [
+            {"inbox_id": i, "thread_key": k, "conversation_id": threads[(i, k)]}
+            for i, k in new_keys
+        ]
+        bulk.insert(
+            session,
+            Thread.__table__,
+            thread_rows,
+            tail="ON CONFLICT (inbox_id, thread_key)"
+            " DO UPDATE SET conversation_id = EXCLUDED.conversation_id",
+        )
+        return threads, set(created)
     created = (
         session.execute(
-            insert(Conversation).returning(Conversation.id, sort_by_parameter_order=True),
-            [
-                {
-                    "account_id": inbox_accounts[inbox],
-                    "inbox_id": inbox,
-                    "contact_id": contacts[
-                        (inbox_accounts[inbox], first_msg[(inbox, key)].sender.lower())
-                    ],
-                    "thread_key": key,
-                    "status": "open",
-                    "location": "inbox",
-                    "created_at": now,
-                    "last_message_at": first_msg[(inbox, key)].sent_at,
-                    "last_change_at": first_msg[(inbox, key)].sent_at,
-                }
-                for inbox, key in new_keys
-            ],
+            insert(Conversation).returning(Conversation.id, sort_by_parameter_order=True), new_rows
         )
         .scalars()
         .all()
     )
     for k, conv_id in zip(new_keys, created, strict=True):
         threads[k] = conv_id
-    stmt = _dialect_insert(session, Thread)
+    thread_rows = [
+        {"inbox_id": i, "thread_key": k, "conversation_id": threads[(i, k)]} for i, k in new_keys
+    ]
+    stmt = sqlite.insert(Thread)
     session.execute(
         stmt.on_conflict_do_update(
             index_elements=["inbox_id", "thread_key"],
             set_={"conversation_id": stmt.excluded.conversation_id},
         ),
-        [{"inbox_id": i, "thread_key": k, "conversation_id": threads[(i, k)]} for i, k in new_keys],
+        thread_rows,
     )
     return threads, set(created)
 
 
 def _contacts(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
     wanted = sorted({(account, sender.lower()) for account, sender in pairs})
-    stmt = _dialect_insert(session, Contact).on_conflict_do_nothing(
-        index_elements=["account_id", "handle"]
-    )
+    if is_postgres(session):
+        bulk.insert(
+            session,
+            Contact.__table__,
+            [{"account_id": a, "handle": h} for a, h in wanted],
+            tail="ON CONFLICT (account_id, handle) DO NOTHING",
+        )
+        found = bulk.select_pairs(
+            session,
+            "SELECT c.account_id, c.handle, c.id FROM contacts c JOIN :pairs"
+            " ON c.account_id = w.a AND c.handle = w.b",
+            [w[0] for w in wanted],
+            [w[1] for w in wanted],
+            ("bigint", "text"),
+        )
+        return {(r.account_id, r.handle): r.id for r in found}
+    stmt = sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["account_id", "handle"])
     session.execute(stmt, [{"account_id": a, "handle": h} for a, h in wanted])
     rows = session.execute(
         select(Contact.account_id, Contact.handle, Contact.id).where(
@@ -188,24 +240,27 @@ def _contacts(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int,
 def _insert_messages(
     session: Session, msgs: list[InboundMessage], threads: dict[tuple[int, str], int]
 ) -> dict[tuple[int, str], int]:
-    ids = (
-        session.execute(
-            insert(Message).returning(Message.id, sort_by_parameter_order=True),
-            [
-                {
-                    "inbox_id": m.inbox_id,
-                    "conversation_id": threads[(m.inbox_id, m.effective_thread_key)],
-                    "external_id": m.external_id,
-                    "direction": "inbound",
-                    "sender": m.sender,
-                    "text": m.text,
-                    "sent_at": m.sent_at,
-                    "received_at": m.received_at,
-                    "headers": m.headers,
-                }
-                for m in msgs
-            ],
+    rows = [
+        {
+            "inbox_id": m.inbox_id,
+            "conversation_id": threads[(m.inbox_id, m.effective_thread_key)],
+            "external_id": m.external_id,
+            "direction": "inbound",
+            "sender": m.sender,
+            "text": m.text,
+            "sent_at": m.sent_at,
+            "received_at": m.received_at,
+            "headers": m.headers,
+        }
+        for m in msgs
+    ]
+    if is_postgres(session):
+        made = bulk.insert(
+            session, Message.__table__, rows, returning=["inbox_id", "external_id", "id"]
         )
+        return {(r.inbox_id, r.external_id): r.id for r in made}
+    ids = (
+        session.execute(insert(Message).returning(Message.id, sort_by_parameter_order=True), rows)
         .scalars()
         .all()
     )
@@ -259,6 +314,8 @@ def _advance_conversations(
             .where(Conversation.id == cid, Conversation.last_message_at < newest)
             .values(last_message_at=newest)
         )
-    if clocks:
+    if clocks and is_postgres(session):
+        bulk.update(session, Conversation.__table__, clocks)
+    elif clocks:
         session.execute(update(Conversation), clocks)
     return effects

@@ -127,8 +127,9 @@ def process_deliveries(ids: list[int], task_id: str | None) -> dict[str, int]:
     normalized, and the deletion of the journal rows commit together, so each delivery is
     processed once however often its id is delivered. If the batch fails for a reason that is not
     transient, each delivery is tried alone and the one that fails goes to the dead letters."""
+    extra = max(0, get_settings().ingest_claim_max - len(ids))
     try:
-        return _process(ids, task_id)
+        return _process(ids, task_id, extra=extra)
     except TRANSIENT_DB_ERRORS:
         raise
     except Exception:
@@ -147,9 +148,13 @@ def process_deliveries(ids: list[int], task_id: str | None) -> dict[str, int]:
     return counts
 
 
-def _claim(session: Session, ids: list[int]) -> list[Delivery]:
-    # SKIP LOCKED: a row another worker is storing right now is that worker's (PostgreSQL).
-    return list(
+def _claim(session: Session, ids: list[int], extra: int = 0) -> list[Delivery]:
+    """Lock the journal rows ``ids`` that are still there, and up to ``extra`` more.
+
+    The extra rows are the oldest pending ones: under load a worker stores what has piled up in
+    one transaction instead of one small batch per broker message (their own messages, when they
+    come, find the rows gone). SKIP LOCKED: a row another worker is storing is that worker's."""
+    rows = list(
         session.scalars(
             select(Delivery)
             .where(Delivery.id.in_(ids))
@@ -157,6 +162,15 @@ def _claim(session: Session, ids: list[int]) -> list[Delivery]:
             .with_for_update(skip_locked=True)
         )
     )
+    if extra:
+        rows += session.scalars(
+            select(Delivery)
+            .where(Delivery.id.not_in(ids))
+            .order_by(Delivery.id)
+            .limit(extra)
+            .with_for_update(skip_locked=True)
+        ).all()
+    return rows
 
 
 def _as_delivery(row: Delivery) -> dict[str, Any]:
@@ -168,9 +182,9 @@ def _as_delivery(row: Delivery) -> dict[str, Any]:
     }
 
 
-def _process(ids: list[int], task_id: str | None) -> dict[str, int]:
+def _process(ids: list[int], task_id: str | None, extra: int = 0) -> dict[str, int]:
     with transaction() as session:
-        rows = _claim(session, ids)
+        rows = _claim(session, ids, extra)
         messages: list[InboundMessage] = []
         dead: list[tuple[dict[str, Any], BaseException]] = []
         for row in rows:
@@ -187,7 +201,7 @@ def _process(ids: list[int], task_id: str | None) -> dict[str, int]:
         "stored": len(outcomes) - duplicates,
         "duplicate": duplicates,
         "dead": len(dead),
-        "gone": len(ids) - len(rows),
+        "gone": max(0, len(ids) - len(rows)),
     }
 
 

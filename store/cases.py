@@ -8,9 +8,8 @@ store/db.py) already serialises writers.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import or_, select, update
@@ -118,10 +117,19 @@ def _loaded(conv_rows: Iterable[Conversation], ticket_rows: Iterable[Ticket]) ->
         clocks[("conversation", cv.id)] = aware(cv.last_change_at)
     return LoadedCase(
         case=case,
-        before=copy.deepcopy(case),
+        before=_copy(case),
         account_ids=accounts,
         last_change_at=max(clocks.values(), default=EPOCH),
         clocks=clocks,
+    )
+
+
+def _copy(case: Case) -> Case:
+    # The states are flat dataclasses: a shallow copy of each is a full copy, ~20x cheaper
+    # than deepcopy on the ingest hot path.
+    return Case(
+        conversations={k: replace(v) for k, v in case.conversations.items()},
+        tickets={k: replace(v) for k, v in case.tickets.items()},
     )
 
 
@@ -138,7 +146,7 @@ def save_case(session: Session, loaded: LoadedCase, occurred_at: datetime) -> No
         if values or ("ticket", tid) in loaded.touched:
             values["last_change_at"] = max(occurred_at, loaded.last_change_at)
             session.execute(update(Ticket).where(Ticket.id == tid).values(**values))
-    loaded.before = copy.deepcopy(loaded.case)
+    loaded.before = _copy(loaded.case)
     loaded.last_change_at = max(occurred_at, loaded.last_change_at)
     for key in loaded.clocks:
         loaded.clocks[key] = max(loaded.clocks[key], occurred_at)

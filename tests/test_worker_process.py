@@ -32,9 +32,12 @@ from tests.apihelp import eventually, message, post_webhook, setup_account
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(*args: str, visibility_timeout: float = 3.0) -> subprocess.Popen[bytes]:
+def start_worker(
+    *args: str, visibility_timeout: float = 3.0, claim_max: int = 500
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        "INBOXSYNC_INGEST_CLAIM_MAX": str(claim_max),
         "INBOXSYNC_REDIS_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
         "INBOXSYNC_EMBEDDED_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
         "INBOXSYNC_REDIS_RESTORE_INTERVAL_S": "1",
@@ -98,14 +101,14 @@ def test_killed_worker_loses_and_doubles_nothing(client: TestClient) -> None:
     client.app.state.batcher._max_items = 5  # type: ignore[attr-defined]  # many small tasks
     ids = [f"m-{i}" for i in range(300)]
     post_many(client, acct["inbox"], ids)
-    first = start_worker("--pool", "solo")
+    first = start_worker("--pool", "solo", claim_max=5)  # small transactions: killed mid-way
     try:
         eventually(lambda: stored_messages() > 0, timeout=60)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert stored_messages() < 300, "the first worker finished everything before the kill"
-    second = start_worker("--pool", "solo")
+    second = start_worker("--pool", "solo", claim_max=5)
     try:
         eventually(lambda: stored_messages() == 300, timeout=60)
     finally:
