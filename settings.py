@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     sweep_after_s: float = 120.0
     sweep_interval_s: float = 15.0
 
+    # FastAPI's OpenTelemetry instrumentation (configured by the standard OTEL_* variables).
+    telemetry: bool = False
+
     # API writes wait this long for a worker to apply the change before answering 202.
     api_wait_timeout_s: float = 10.0
 

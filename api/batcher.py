@@ -1,11 +1,11 @@
-"""Group commit for the ingress: many webhook requests, one broker message.
+"""Group commit for the ingress: many webhook requests, one journal write and one broker message.
 
-Each request hands its deliveries to ``submit`` and waits. A single flusher takes everything
-waiting (up to ``max_items``), publishes it as one ``ingest_batch`` task in a worker thread, and
-only then resolves the requests' futures: a request is answered 2xx only after the broker has
-accepted the message that carries it, and answered 503 if the publish failed. Under load the
-batch grows by itself (requests accumulate while the previous publish is in flight); when idle a
-request waits at most ``window_s`` for company.
+Each request hands its deliveries to ``submit`` and waits. The flusher takes everything waiting
+(up to ``max_items``) and writes it (``write``: journal + publish, api/app.py) in a worker
+thread; only then are the requests' futures resolved, so a request is answered 2xx only after
+its deliveries are durable, and 503 if the write failed. Up to ``concurrency`` writes run at
+once; while they are in flight new requests pile up, so batches grow with load by themselves.
+When nothing is in flight, a request waits at most ``window_s`` for company.
 """
 
 from __future__ import annotations
@@ -16,20 +16,26 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-Publish = Callable[[list[dict[str, Any]]], None]
+Write = Callable[[list[dict[str, Any]]], None]
+Waiting = tuple[list[dict[str, Any]], asyncio.Future[None]]
 
 
 class Batcher:
-    def __init__(self, publish: Publish, *, max_items: int, window_s: float) -> None:
-        self._publish = publish
+    def __init__(
+        self, write: Write, *, max_items: int, window_s: float, concurrency: int = 4
+    ) -> None:
+        self._write = write
         self._max_items = max_items
         self._window_s = window_s
-        self._waiting: deque[tuple[list[dict[str, Any]], asyncio.Future[None]]] = deque()
+        self._waiting: deque[Waiting] = deque()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._in_flight = 0
         self._flusher: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="enqueue")
+        self._flushes: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="enqueue")
 
     async def submit(self, deliveries: list[dict[str, Any]]) -> None:
-        """Return once ``deliveries`` are durably queued; raise what the publish raised."""
+        """Return once ``deliveries`` are durably queued; raise what the write raised."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((deliveries, future))
         if self._flusher is None or self._flusher.done():
@@ -37,28 +43,40 @@ class Batcher:
         await future
 
     async def _flush_all(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._waiting:
-            if self._window_s and sum(len(d) for d, _ in self._waiting) < self._max_items:
+            if self._window_s and self._in_flight == 0 and len(self._waiting) < self._max_items:
                 await asyncio.sleep(self._window_s)
-            batch, count = [], 0
-            while self._waiting and (
-                count == 0 or count + len(self._waiting[0][0]) <= self._max_items
-            ):
-                item = self._waiting.popleft()
-                batch.append(item)
-                count += len(item[0])
-            items = [d for deliveries, _ in batch for d in deliveries]
-            try:
-                await loop.run_in_executor(self._executor, self._publish, items)
-            except Exception as exc:  # the broker said no: every request of the batch hears it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+            await self._slots.acquire()
+            batch = self._take()
+            self._in_flight += 1
+            flush = asyncio.create_task(self._flush(batch))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+
+    def _take(self) -> list[Waiting]:
+        batch: list[Waiting] = []
+        count = 0
+        while self._waiting and (count == 0 or count + len(self._waiting[0][0]) <= self._max_items):
+            item = self._waiting.popleft()
+            batch.append(item)
+            count += len(item[0])
+        return batch
+
+    async def _flush(self, batch: list[Waiting]) -> None:
+        items = [d for deliveries, _ in batch for d in deliveries]
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, items)
+        except Exception as exc:  # every request of the batch hears it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

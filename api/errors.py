@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.channels.base import WebhookError
@@ -44,43 +45,45 @@ def body(error: str, message: str, details: Any = None) -> dict[str, Any]:
     return out
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSON:
-        return JSON(body(exc.error, exc.message, exc.details), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSON:
+def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, JSON body and extra headers for any error: the one mapping."""
+    if isinstance(exc, ApiError):
+        return exc.status, body(exc.error, exc.message, exc.details), {}
+    if isinstance(exc, RequestValidationError):
         details = [
             {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()
         ]
         message = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
-        return JSON(body("invalid_request", message, details), status_code=422)
-
-    @app.exception_handler(WebhookError)
-    async def _webhook(_: Request, exc: WebhookError) -> JSON:
+        return 422, body("invalid_request", message, details), {}
+    if isinstance(exc, WebhookError):
         error = {401: "bad_signature", 413: "too_large"}.get(exc.status, "invalid_payload")
         details = {"field": exc.field} if exc.field else None
-        return JSON(body(error, str(exc), details), status_code=exc.status)
-
-    @app.exception_handler(BrokerError)
-    async def _broker_down(_: Request, exc: BrokerError) -> JSON:
-        log.warning("broker unavailable: %s", exc)
-        return JSON(
-            body("broker_unavailable", "the queue is unavailable; nothing was accepted, retry"),
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSON:
+        return exc.status, body(error, str(exc), details), {}
+    if isinstance(exc, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
+        log.warning("queue or store unavailable: %s", exc)
+        message = "the queue or the store is unavailable; nothing was accepted, retry"
+        return 503, body("unavailable", message), {"Retry-After": "5"}
+    if isinstance(exc, StarletteHTTPException):
         error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSON(body(error, str(exc.detail)), status_code=exc.status_code)
+        return exc.status_code, body(error, str(exc.detail)), {}
+    log.exception("unexpected error", exc_info=exc)
+    message = f"{type(exc).__name__}; nothing was changed by this request"
+    return 500, body("internal_error", message), {}
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSON:
-        log.exception("unexpected error")
-        return JSON(
-            body("internal_error", f"{type(exc).__name__}; nothing was changed by this request"),
-            status_code=500,
-        )
+
+def install(app: FastAPI) -> None:
+    async def handler(_: Request, exc: Exception) -> JSON:
+        status, content, headers = render(exc)
+        return JSON(content, status_code=status, headers=headers)
+
+    for kind in (
+        ApiError,
+        RequestValidationError,
+        WebhookError,
+        BrokerError,
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        StarletteHTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handler)

@@ -1,5 +1,6 @@
-"""ASGI entry point: ``uvicorn api.main:app``."""
+"""ASGI entry point: ``uvicorn api.main:app`` (what ``inboxsync serve`` runs)."""
 
 from api.app import create_app
+from api.webhooks import Ingress
 
-app = create_app()
+app = Ingress(create_app())

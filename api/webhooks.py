@@ -10,10 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from api import errors
 from api.errors import JSON, ApiError, not_found
 from handlers import pipeline
 from handlers.channels import adapter_for
@@ -33,7 +36,7 @@ class InboxInfo:
     secrets: dict[str, Any]
 
 
-_inboxes: dict[int, tuple[float, InboxInfo | None]] = {}
+_inboxes: dict[int, tuple[float, InboxInfo]] = {}
 
 
 def _load_inbox(inbox_id: int) -> InboxInfo | None:
@@ -46,14 +49,38 @@ async def inbox_info(inbox_id: int) -> InboxInfo | None:
     """Inboxes change rarely and are read on every delivery: cached for a few seconds."""
     now = time.monotonic()
     hit = _inboxes.get(inbox_id)
-    if hit is None or hit[0] < now:
-        hit = (now + INBOX_CACHE_SECONDS, await run_in_threadpool(_load_inbox, inbox_id))
-        _inboxes[inbox_id] = hit
-    return hit[1]
+    if hit is not None and hit[0] >= now:
+        return hit[1]
+    info = await run_in_threadpool(_load_inbox, inbox_id)
+    if info is not None:  # an unknown id is not remembered: the inbox may be created next
+        _inboxes[inbox_id] = (now + INBOX_CACHE_SECONDS, info)
+    return info
 
 
-def forget_inbox(inbox_id: int) -> None:
-    _inboxes.pop(inbox_id, None)
+async def handle(
+    state: Any, inbox_id: int, url: str, headers: dict[str, str], query: dict[str, str], body: bytes
+) -> tuple[int, Any]:
+    """The whole webhook contract, framework-free: (status, JSON body) or a typed error.
+
+    ``headers`` have lower-case names. Called by the FastAPI route below and by the ASGI fast
+    path (``Ingress``) that serves the same URL in production without the framework's cost."""
+    settings = state.settings
+    if len(body) > settings.max_body_bytes:
+        raise ApiError(413, "too_large", f"body over {settings.max_body_bytes} bytes")
+    inbox = await inbox_info(inbox_id)
+    if inbox is None:
+        raise not_found("inbox", inbox_id)
+    adapter = adapter_for(inbox.provider)
+    webhook = WebhookRequest(method="POST", url=url, headers=headers, query=query, body=body)
+    adapter.verify(webhook, inbox.secrets, time.time())
+    accepted = adapter.accept(webhook)
+    if accepted.payloads:
+        await state.batcher.submit(
+            [pipeline.delivery(inbox.id, inbox.provider, p) for p in accepted.payloads]
+        )
+    if accepted.reply is not None:
+        return 200, accepted.reply
+    return 202, {"accepted": len(accepted.payloads)}
 
 
 @router.post(
@@ -63,30 +90,81 @@ def forget_inbox(inbox_id: int) -> None:
     responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
 )
 async def receive(inbox_id: int, request: Request) -> JSON:
-    settings = request.app.state.settings
-    declared = request.headers.get("content-length")
+    _check_declared_length(request.app.state.settings, request.headers.get("content-length"))
+    status, out = await handle(
+        request.app.state,
+        inbox_id,
+        str(request.url),
+        {k.lower(): v for k, v in request.headers.items()},
+        dict(request.query_params),
+        await request.body(),
+    )
+    return JSON(out, status_code=status)
+
+
+def _check_declared_length(settings: Any, declared: str | None) -> None:
     if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
         raise ApiError(413, "too_large", f"body over {settings.max_body_bytes} bytes")
-    body = await request.body()
-    if len(body) > settings.max_body_bytes:
-        raise ApiError(413, "too_large", f"body over {settings.max_body_bytes} bytes")
-    inbox = await inbox_info(inbox_id)
-    if inbox is None:
-        raise not_found("inbox", inbox_id)
-    adapter = adapter_for(inbox.provider)
-    webhook = WebhookRequest(
-        method=request.method,
-        url=str(request.url),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        query=dict(request.query_params),
-        body=body,
-    )
-    adapter.verify(webhook, inbox.secrets, time.time())
-    accepted = adapter.accept(webhook)
-    if accepted.payloads:
-        await request.app.state.batcher.submit(
-            [pipeline.delivery(inbox.id, inbox.provider, p) for p in accepted.payloads]
-        )
-    if accepted.reply is not None:
-        return JSON(accepted.reply, status_code=200)
-    return JSON({"accepted": len(accepted.payloads)}, status_code=202)
+
+
+class Ingress:
+    """ASGI front: ``POST /webhooks/{id}`` straight to ``handle``; everything else to the app.
+
+    Routing, dependency injection and request objects cost more than the webhook itself does;
+    this path skips them (about twice the accepted requests per second on one core), and errors
+    are rendered by the same mapping as the app's (api/errors.py)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or not path.startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        tail = path[len(PREFIX) :]
+        if not tail.isdigit():
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            _check_declared_length(self.state.settings, headers.get("content-length"))
+            body = await _read_body(receive, self.state.settings.max_body_bytes)
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            host = headers.get("host", "")
+            url = f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{path}"
+            if query:
+                url += "?" + scope["query_string"].decode("latin-1")
+            status, out = await handle(self.state, int(tail), url, headers, query, body)
+            extra: dict[str, str] = {}
+        except Exception as exc:
+            status, out, extra = errors.render(exc)
+        payload = orjson.dumps(out)
+        raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            *((k.encode(), v.encode()) for k, v in extra.items()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+
+PREFIX = "/webhooks/"
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body over {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -32,7 +32,7 @@ from handlers.ingest import ingest
 from schemas import changes as c
 from schemas.inbound import InboundMessage
 from settings import Settings, get_settings
-from store import cases
+from store import bulk, cases
 from store.db import is_postgres, transaction
 from store.models import Account, Conversation, DeadLetter, Delivery, Ticket
 
@@ -65,21 +65,20 @@ def journal(deliveries: list[dict[str, Any]]) -> list[int]:
     This is what makes a 2xx safe: the broker message that follows carries only these ids, and a
     lost broker message is made good by ``sweep``."""
     now = datetime.now(UTC)
+    rows = [
+        {
+            "inbox_id": d["inbox_id"],
+            "provider": d["provider"],
+            "received_at": datetime.fromisoformat(d["received_at"]),
+            "enqueued_at": now,
+            "payload": d["payload"],
+        }
+        for d in deliveries
+    ]
     with transaction() as session:
-        ids = session.scalars(
-            insert(Delivery).returning(Delivery.id, sort_by_parameter_order=True),
-            [
-                {
-                    "inbox_id": d["inbox_id"],
-                    "provider": d["provider"],
-                    "received_at": datetime.fromisoformat(d["received_at"]),
-                    "enqueued_at": now,
-                    "payload": d["payload"],
-                }
-                for d in deliveries
-            ],
-        ).all()
-    return list(ids)
+        if is_postgres(session):
+            return [r.id for r in bulk.insert(session, Delivery.__table__, rows, returning=["id"])]
+        return list(session.scalars(insert(Delivery).returning(Delivery.id), rows).all())
 
 
 def sweep(older_than_s: float, limit: int = 1000) -> list[int]:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, make_url
+from sqlalchemy import delete, make_url, text
 
 DATA_DIR = Path(os.environ.get("PYTEST_INBOXSYNC_DIR", f"/tmp/inboxsync-test-{os.getpid()}"))
 _ORIGINAL_DB = os.environ.pop("DATABASE_URL", None) or os.environ.pop(
@@ -109,8 +109,14 @@ def db(migrated: None) -> Iterator[None]:
     from store.models import Base
 
     with transaction() as session:
-        for table in reversed(Base.metadata.sorted_tables):
-            session.execute(delete(table))
+        if USING_POSTGRES:
+            # One statement, one lock: a worker still busy with the previous test waits or is
+            # waited for, instead of racing a table-by-table delete.
+            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            session.execute(text(f"TRUNCATE {names} CASCADE"))
+        else:
+            for table in reversed(Base.metadata.sorted_tables):
+                session.execute(delete(table))
     yield
 
 

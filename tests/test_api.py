@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from api.batcher import Batcher
+from api.webhooks import Ingress
 from handlers import pipeline
 from store.db import reading
 from store.models import DeadLetter, Delivery, Message
@@ -38,7 +39,8 @@ def worker(migrated: None) -> Iterator[None]:
 
 @pytest.fixture
 def client(db: None, worker: None) -> Iterator[TestClient]:
-    with TestClient(create_app()) as c:
+    """The app as ``inboxsync serve`` runs it: the webhook fast path in front of FastAPI."""
+    with TestClient(Ingress(create_app())) as c:
         yield c
 
 
@@ -158,7 +160,7 @@ def test_broker_down_answers_503_and_nothing_is_acknowledged(
     client.app.state.batcher = Batcher(enqueue, max_items=10, window_s=0)  # type: ignore[attr-defined]
     response = post_webhook(client, acct["inbox"], message("m"))
     assert response.status_code == 503
-    assert response.json()["error"] == "broker_unavailable"
+    assert response.json()["error"] == "unavailable"
     assert response.headers["retry-after"]
     with reading() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 0
@@ -349,6 +351,16 @@ def test_poison_change_ends_in_dead_letter_and_worker_lives_on(client: TestClien
     acct = setup_account(client)
     post_webhook(client, acct["inbox"], message("after-poison"))
     one_conversation(client, acct)
+
+
+def test_webhook_through_the_framework_route_too(db: None, worker: None) -> None:
+    # Without the fast path (e.g. the app mounted elsewhere) the FastAPI route does the same.
+    with TestClient(create_app()) as plain:
+        acct = setup_account(plain)
+        assert post_webhook(plain, acct["inbox"], message("m", thread=None)).status_code == 202
+        assert post_webhook(plain, acct["inbox"], message("m"), secret="x").status_code == 401
+        conv = one_conversation(plain, acct)
+        assert conv["thread_key"] == "sender:maria@example.com"
 
 
 def test_openapi_is_served(client: TestClient) -> None:

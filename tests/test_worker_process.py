@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
+from api.webhooks import Ingress
 from settings import get_settings
 from store.db import reading
 from store.models import Conversation, Message
@@ -63,7 +64,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def client(db: None) -> Iterator[TestClient]:
     # The ingress sweeps often here, so that a lost broker message is made good within the test.
     settings = get_settings().model_copy(update={"sweep_after_s": 5.0, "sweep_interval_s": 1.0})
-    with TestClient(create_app(settings)) as c:
+    with TestClient(Ingress(create_app(settings))) as c:
         yield c
 
 
