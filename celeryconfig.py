@@ -24,6 +24,7 @@ task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
 if _settings.is_embedded_broker:
+    # workers/embedded_broker.py: a message a dead worker had claimed comes back after this.
     broker_transport_options = {"visibility_timeout": _settings.embedded_visibility_timeout_s}
 else:
     # Redis: a message taken by a worker that died is put back once it is older than the
@@ -40,8 +41,11 @@ task_serializer = "json"
 accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
-worker_send_task_events = True  # what flower reads
-task_send_sent_event = True
+# Events (what flower reads) and remote control (celery inspect) are broadcasts, which the
+# embedded broker does not carry between processes.
+worker_send_task_events = not _settings.is_embedded_broker
+task_send_sent_event = not _settings.is_embedded_broker
+worker_enable_remote_control = not _settings.is_embedded_broker
 
 # ingest: webhook deliveries; inbox / helpdesk: work on tickets and conversations, routed by
 # R1/R2 (handlers/routing.py); bulk: long jobs. Each can get its own workers.
