@@ -1,0 +1,86 @@
+"""Helpers for tests that work on the store directly: inbound messages, changes, state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from handlers import ingest, pipeline
+from schemas import changes as c
+from schemas.inbound import InboundMessage, IngestOutcome
+from store.db import reading, transaction
+from store.models import Conversation, Ticket
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def inbound(
+    inbox: int,
+    external_id: str,
+    *,
+    sender: str = "maria@example.com",
+    thread: str | None = None,
+    sent: float = 0.0,
+    text: str = "hello",
+) -> InboundMessage:
+    return InboundMessage(
+        inbox_id=inbox,
+        external_id=external_id,
+        sender=sender,
+        thread_key=thread,
+        text=text,
+        sent_at=at(sent),
+        received_at=at(sent + 1),
+    )
+
+
+def store(*messages: InboundMessage) -> list[IngestOutcome]:
+    with transaction() as session:
+        return ingest.ingest(session, list(messages))
+
+
+def conversation(inbox: int, thread: str, sent: float = 0.0) -> int:
+    """A new conversation with one message; its id."""
+    outcome = store(inbound(inbox, f"msg-{thread}", thread=thread, sent=sent))[0]
+    assert outcome.conversation_id is not None
+    return outcome.conversation_id
+
+
+def change(
+    change_id: str, account: int, action: c.Action, seconds: float = 100.0
+) -> dict[str, Any]:
+    """A change envelope as the API builds it and the apply task receives it."""
+    return c.ChangeEnvelope(
+        id=change_id, account_id=account, occurred_at=at(seconds), action=action
+    ).model_dump(mode="json")
+
+
+def run(envelope: dict[str, Any]) -> dict[str, Any]:
+    return pipeline.run_change(envelope)
+
+
+def state(conversation_ids: list[int]) -> dict[str, Any]:
+    """Everything the rules decide about these conversations and their tickets."""
+    with reading() as session:
+        convs = session.scalars(
+            select(Conversation)
+            .where(Conversation.id.in_(conversation_ids))
+            .order_by(Conversation.id)
+        ).all()
+        ticket_ids = sorted({cv.ticket_id for cv in convs if cv.ticket_id is not None})
+        tickets = session.scalars(select(Ticket).where(Ticket.id.in_(ticket_ids))).all()
+        return {
+            "conversations": [
+                (cv.id, cv.status, cv.owner_id, cv.location, cv.ticket_id, cv.removed_by)
+                for cv in convs
+            ],
+            "tickets": sorted(
+                (t.id, t.status, t.owner_id, t.location, t.removed_by) for t in tickets
+            ),
+        }
