@@ -1,0 +1,236 @@
+"""The ingestion path below HTTP: conversation upsert (handlers/ingest.py) and the journaled
+deliveries a worker stores (handlers/pipeline.py). SQLite locally, PostgreSQL on CI."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import func, select
+
+from handlers import pipeline
+from schemas import changes as c
+from store.db import reading
+from store.models import Conversation, DeadLetter, Delivery, Message
+from tests.storehelp import at, change, conversation, inbound, run, state, store
+
+
+def count(model: Any, *where: Any) -> int:
+    with reading() as session:
+        return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def generic(external_id: str, **fields: Any) -> dict[str, Any]:
+    body = {
+        "external_id": external_id,
+        "sender": "maria@example.com",
+        "thread_key": "order-1",
+        "text": "hello",
+        "sent_at": at(0).isoformat(),
+    }
+    return {**body, **fields}
+
+
+def deliveries(inbox: int, *payloads: dict[str, Any]) -> list[dict[str, Any]]:
+    return [pipeline.delivery(inbox, "generic", p) for p in payloads]
+
+
+# Dedupe -------------------------------------------------------------------------------------
+
+
+def test_the_same_external_id_is_stored_once_within_and_across_batches(make_account):
+    acct = make_account()
+    a, a_again = inbound(acct["inbox"], "m1"), inbound(acct["inbox"], "m1", text="changed")
+    first = store(a, a_again)
+    assert [o.duplicate for o in first] == [False, False]  # one message, reported for both
+    assert first[0].message_id == first[1].message_id
+    later = store(a)
+    assert later[0].duplicate is True and later[0].message_id == first[0].message_id
+    assert count(Message) == 1
+    with reading() as session:
+        assert session.scalar(select(Message.text)) == "hello"  # the first copy wins
+
+
+def test_external_ids_are_unique_per_inbox_not_globally(make_account):
+    one, two = make_account(), make_account()
+    store(inbound(one["inbox"], "m1"), inbound(two["inbox"], "m1"))
+    assert count(Message) == 2
+
+
+# Threading ----------------------------------------------------------------------------------
+
+
+def test_messages_with_one_thread_key_share_a_conversation(make_account):
+    acct = make_account()
+    outcomes = store(
+        inbound(acct["inbox"], "m1", thread="order-1", sent=0),
+        inbound(acct["inbox"], "m2", thread="order-1", sent=5, sender="other@example.com"),
+        inbound(acct["inbox"], "m3", thread="order-2", sent=6),
+    )
+    assert outcomes[0].conversation_id == outcomes[1].conversation_id
+    assert outcomes[2].conversation_id != outcomes[0].conversation_id
+    later = store(inbound(acct["inbox"], "m4", thread="order-1", sent=9))
+    assert later[0].conversation_id == outcomes[0].conversation_id
+    assert count(Conversation) == 2
+
+
+def test_without_a_thread_key_messages_thread_by_sender(make_account):
+    acct = make_account()
+    outcomes = store(
+        inbound(acct["inbox"], "m1", sender="Maria@Example.com"),
+        inbound(acct["inbox"], "m2", sender="maria@example.com", sent=1),
+        inbound(acct["inbox"], "m3", sender="joao@example.com", sent=2),
+    )
+    assert outcomes[0].conversation_id == outcomes[1].conversation_id != outcomes[2].conversation_id
+
+
+def test_a_message_on_a_closed_conversation_reopens_it_and_S2_holds(make_account):
+    acct = make_account()
+    first, second = conversation(acct["inbox"], "a"), conversation(acct["inbox"], "b")
+    ticket = run(change("create", acct["account"], c.CreateTicket(conversation_id=first), 10))[
+        "ticket_id"
+    ]
+    run(
+        change(
+            "assoc",
+            acct["account"],
+            c.AssociateConversation(ticket_id=ticket, conversation_id=second),
+            20,
+        )
+    )
+    run(change("close", acct["account"], c.SetTicketStatus(ticket_id=ticket, status="closed"), 30))
+    outcome = store(inbound(acct["inbox"], "again", thread="a", sent=40))[0]
+    assert outcome.conversation_id == first
+    assert {e["rule"] for e in outcome.effects} == {"M1"}
+    s = state([first, second])
+    assert [cv[1] for cv in s["conversations"]] == ["open", "closed"]  # with two, the other stays
+    assert s["tickets"][0][1] == "waiting_on_us"
+
+
+def test_a_message_that_threads_to_a_trashed_conversation_starts_a_new_one(make_account):
+    acct = make_account()
+    old = conversation(acct["inbox"], "a")
+    run(change("trash", acct["account"], c.TrashConversation(conversation_id=old), 10))
+    outcome = store(inbound(acct["inbox"], "after", thread="a", sent=20))[0]
+    assert outcome.conversation_id != old
+    assert state([old])["conversations"][0][5] == "trash"  # the old one stays trashed
+    again = store(inbound(acct["inbox"], "after-2", thread="a", sent=30))[0]
+    assert again.conversation_id == outcome.conversation_id
+
+
+def test_a_late_message_replays_the_conversation_history(make_account):
+    """A message sent before the close but stored after it does not reopen the conversation."""
+    acct = make_account()
+    conv = conversation(acct["inbox"], "a", sent=0)
+    run(
+        change(
+            "close",
+            acct["account"],
+            c.SetConversationStatus(conversation_id=conv, status="closed"),
+            30,
+        )
+    )
+    store(inbound(acct["inbox"], "late", thread="a", sent=20))
+    assert state([conv])["conversations"][0][1] == "closed"
+
+
+# Journaled deliveries -----------------------------------------------------------------------
+
+
+def test_a_delivery_is_stored_once_however_often_its_id_comes(make_account):
+    acct = make_account()
+    ids = pipeline.journal(deliveries(acct["inbox"], generic("m1"), generic("m2")))
+    assert pipeline.process_deliveries(ids, "task-1")["stored"] == 2
+    assert pipeline.process_deliveries(ids, "task-2") == {
+        "stored": 0,
+        "duplicate": 0,
+        "dead": 0,
+        "gone": 2,
+    }
+    assert count(Message) == 2 and count(Delivery) == 0
+
+
+def test_a_provider_retry_of_a_stored_message_is_a_duplicate(make_account):
+    acct = make_account()
+    pipeline.ingest_deliveries(deliveries(acct["inbox"], generic("m1")), None)
+    counts = pipeline.ingest_deliveries(deliveries(acct["inbox"], generic("m1")), None)
+    assert counts["duplicate"] == 1 and count(Message) == 1
+
+
+def test_a_malformed_delivery_is_dead_lettered_and_the_rest_of_the_batch_stored(make_account):
+    acct = make_account()
+    bad = generic("m2", sender="")
+    counts = pipeline.ingest_deliveries(
+        deliveries(acct["inbox"], generic("m1"), bad, generic("m3")), "task-1"
+    )
+    assert counts == {"stored": 2, "duplicate": 0, "dead": 1, "gone": 0}
+    with reading() as session:
+        letter = session.scalars(select(DeadLetter)).one()
+    assert letter.payload["payload"] == bad
+    assert "sender" in letter.error
+    assert count(Delivery) == 0
+
+
+def test_a_delivery_that_breaks_the_batch_is_isolated_and_buried(make_account):
+    """An unknown inbox fails the whole transaction; the worker retries each delivery alone."""
+    acct = make_account()
+    batch = deliveries(acct["inbox"], generic("m1"), generic("m3"))
+    batch.insert(1, pipeline.delivery(999_999, "generic", generic("m2")))
+    counts = pipeline.ingest_deliveries(batch, "task-1")
+    assert counts == {"stored": 2, "duplicate": 0, "dead": 1, "gone": 0}
+    with reading() as session:
+        letter = session.scalars(select(DeadLetter)).one()
+    assert letter.error_type == "UnknownInbox" and letter.payload["inbox_id"] == 999_999
+    assert count(Delivery) == 0 and count(Message) == 2
+
+
+def test_dead_letters_are_recorded_once(make_account):
+    payload = {"args": [1], "kwargs": {}}
+    for _ in range(3):
+        pipeline.record_dead_letters("t", "id", [(payload, ValueError("boom"))])
+    assert count(DeadLetter) == 1
+
+
+def test_the_sweeper_hands_out_stale_deliveries_again_once_per_period(make_account):
+    acct = make_account()
+    ids = pipeline.journal(deliveries(acct["inbox"], generic("m1")))
+    assert pipeline.sweep(older_than_s=3600) == []
+    assert pipeline.sweep(older_than_s=-1) == ids  # stale: handed out and marked
+    assert pipeline.sweep(older_than_s=5) == []  # just marked: not again this period
+    pipeline.process_deliveries(ids, None)
+    assert pipeline.sweep(older_than_s=-1) == []
+
+
+def test_a_worker_stores_what_piled_up_beyond_its_own_ids(make_account):
+    acct = make_account()
+    ids = pipeline.journal(deliveries(acct["inbox"], *(generic(f"m{i}") for i in range(10))))
+    counts = pipeline.process_deliveries(ids[:2], None)
+    assert counts["stored"] == 10 and count(Delivery) == 0
+    assert pipeline.process_deliveries(ids[2:], None)["gone"] == 8
+
+
+def test_concurrent_workers_store_each_message_once_and_one_conversation_per_thread(make_account):
+    acct = make_account()
+    payloads = [generic(f"m{i}", thread_key=f"t{i % 7}") for i in range(120)]
+    # Two providers' retries overlap: each worker gets every message, in its own order.
+    batches = [deliveries(acct["inbox"], *payloads), deliveries(acct["inbox"], *payloads[::-1])]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(batches))
+
+    def work(batch: list[dict[str, Any]]) -> None:
+        barrier.wait()
+        try:
+            for start in range(0, len(batch), 15):
+                pipeline.ingest_deliveries(batch[start : start + 15], None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert count(Message) == 120
+    assert count(Conversation) == 7
+    assert count(Delivery) == 0
