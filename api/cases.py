@@ -86,7 +86,7 @@ def list_conversations(
 def get_conversation(conversation_id: int, who: Caller) -> Any:
     with reading() as session:
         conv = session.get(Conversation, conversation_id)
-        who.require("conversation", conversation_id, conv and conv.account_id)
+        who.require("conversation", conversation_id, None if conv is None else conv.account_id)
         assert conv is not None
         return conversation_out(session, conv, with_messages=True)
 
@@ -122,7 +122,7 @@ def list_tickets(
 def get_ticket(ticket_id: int, who: Caller) -> Any:
     with reading() as session:
         ticket = session.get(Ticket, ticket_id)
-        who.require("ticket", ticket_id, ticket and ticket.account_id)
+        who.require("ticket", ticket_id, None if ticket is None else ticket.account_id)
         assert ticket is not None
         return ticket_out(session, ticket)
 

@@ -146,10 +146,10 @@ def render(change: Change) -> tuple[dict[str, Any], int]:
     with reading() as session:
         if result.conversation_id is not None:
             conv = session.get(Conversation, result.conversation_id)
-            out.conversation = conv and conversation_out(session, conv)
+            out.conversation = None if conv is None else conversation_out(session, conv)
         if result.ticket_id is not None:
             ticket = session.get(Ticket, result.ticket_id)
-            out.ticket = ticket and ticket_out(session, ticket)
+            out.ticket = None if ticket is None else ticket_out(session, ticket)
     status = 200
     if result.outcome == "rejected":
         rule, _, code = (result.code or "-:409").partition(":")

@@ -57,8 +57,8 @@ def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return 422, body("invalid_request", message, details), {}
     if isinstance(exc, WebhookError):
         error = {401: "bad_signature", 413: "too_large"}.get(exc.status, "invalid_payload")
-        details = {"field": exc.field} if exc.field else None
-        return exc.status, body(error, str(exc), details), {}
+        field = [{"field": exc.field, "problem": str(exc)}] if exc.field else None
+        return exc.status, body(error, str(exc), field), {}
     if isinstance(exc, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
         log.warning("queue or store unavailable: %s", exc)
         message = "the queue or the store is unavailable; nothing was accepted, retry"

@@ -131,7 +131,7 @@ def list_accounts(who: Caller) -> Any:
 def get_account(account_id: int, who: Caller) -> Any:
     with reading() as session:
         account = session.get(Account, account_id)
-        who.require("account", account_id, account and account.id)
+        who.require("account", account_id, None if account is None else account.id)
         assert account is not None
         return account_out(account)
 

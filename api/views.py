@@ -70,5 +70,6 @@ def ticket_out(session: Session, ticket: Ticket) -> TicketOut:
 
 
 def account_of(session: Session, entity: str, entity_id: int) -> int | None:
-    model = {"conversation": Conversation, "ticket": Ticket}[entity]
-    return session.scalar(select(model.account_id).where(model.id == entity_id))
+    if entity == "conversation":
+        return session.scalar(select(Conversation.account_id).where(Conversation.id == entity_id))
+    return session.scalar(select(Ticket.account_id).where(Ticket.id == entity_id))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text, tuple_, update
 from sqlalchemy.dialects import sqlite
@@ -125,6 +127,7 @@ def _resolve_threads(
     Returns the map and the ids of the conversations opened here."""
     keys = sorted({(m.inbox_id, m.effective_thread_key) for m in msgs})
     pg = is_postgres(session)
+    rows: Sequence[Any]
     if pg:
         rows = bulk.select_pairs(
             session,
@@ -167,10 +170,11 @@ def _resolve_threads(
         }
         for inbox, key in new_keys
     ]
-    thread_rows: list[dict[str, object]]
+    thread_rows: list[dict[str, Any]]
+    created: Sequence[int]
     if pg:
         made = bulk.insert(
-            session, Conversation.__table__, new_rows, returning=["inbox_id", "thread_key", "id"]
+            session, Conversation, new_rows, returning=["inbox_id", "thread_key", "id"]
         )
         created = [r.id for r in made]
         threads.update({(r.inbox_id, r.thread_key): r.id for r in made})
@@ -180,7 +184,7 @@ def _resolve_threads(
         ]
         bulk.insert(
             session,
-            Thread.__table__,
+            Thread,
             thread_rows,
             tail="ON CONFLICT (inbox_id, thread_key)"
             " DO UPDATE SET conversation_id = EXCLUDED.conversation_id",
@@ -214,7 +218,7 @@ def _contacts(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int,
     if is_postgres(session):
         bulk.insert(
             session,
-            Contact.__table__,
+            Contact,
             [{"account_id": a, "handle": h} for a, h in wanted],
             tail="ON CONFLICT (account_id, handle) DO NOTHING",
         )
@@ -255,9 +259,7 @@ def _insert_messages(
         for m in msgs
     ]
     if is_postgres(session):
-        made = bulk.insert(
-            session, Message.__table__, rows, returning=["inbox_id", "external_id", "id"]
-        )
+        made = bulk.insert(session, Message, rows, returning=["inbox_id", "external_id", "id"])
         return {(r.inbox_id, r.external_id): r.id for r in made}
     ids = (
         session.execute(insert(Message).returning(Message.id, sort_by_parameter_order=True), rows)
@@ -280,8 +282,8 @@ def _advance_conversations(
         by_conv[threads[(m.inbox_id, m.effective_thread_key)]].append(m)
     existing = sorted(set(by_conv) - created)
     loaded = cases.lock_case(session, conversation_ids=existing) if existing else None
-    effects: dict[int, list[dict[str, object]]] = {}
-    clocks: list[dict[str, object]] = []
+    effects: dict[int, list[dict[str, Any]]] = {}
+    clocks: list[dict[str, Any]] = []
     for cid, conv_msgs in by_conv.items():
         newest = max(m.sent_at for m in conv_msgs)
         if loaded is None or cid in created:
@@ -315,7 +317,7 @@ def _advance_conversations(
             .values(last_message_at=newest)
         )
     if clocks and is_postgres(session):
-        bulk.update(session, Conversation.__table__, clocks)
+        bulk.update(session, Conversation, clocks)
     elif clocks:
         session.execute(update(Conversation), clocks)
     return effects

@@ -77,7 +77,7 @@ def journal(deliveries: list[dict[str, Any]]) -> list[int]:
     ]
     with transaction() as session:
         if is_postgres(session):
-            return [r.id for r in bulk.insert(session, Delivery.__table__, rows, returning=["id"])]
+            return [r.id for r in bulk.insert(session, Delivery, rows, returning=["id"])]
         return list(session.scalars(insert(Delivery).returning(Delivery.id), rows).all())
 
 

@@ -9,7 +9,9 @@ the ticket again). No database, no Celery: the store loads a case, calls this, a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from schemas import changes as c
 
@@ -214,7 +216,11 @@ def _restore(case: Case, cause: str | None, fx: _Effects) -> None:
     """Bring back everything the cascade ``cause`` removed, and nothing else."""
     if cause is None:
         return
-    for obj in [*case.tickets.values(), *case.conversations.values()]:
+    removable: list[ConversationState | TicketState] = [
+        *case.tickets.values(),
+        *case.conversations.values(),
+    ]
+    for obj in removable:
         if obj.removed_by == cause:
             fx.set(obj, "removed_by", None, "restore")
 
@@ -240,7 +246,7 @@ def _message_received(case: Case, _id: str, a: c.MessageReceived, fx: _Effects) 
             fx.set(ticket, "status", "waiting_on_us", "M1")
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[Case, str, Any, _Effects], None]] = {
     c.SetConversationOwner: _set_conversation_owner,
     c.SetTicketOwner: _set_ticket_owner,
     c.SetConversationStatus: _set_conversation_status,

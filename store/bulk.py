@@ -10,11 +10,11 @@ splitting huge queries and waiting on per-row statements. SQLite keeps SQLAlchem
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy import JSON, BigInteger, DateTime, Integer, Row, String, Table, Text, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Session
 
 
 def _pg_type(table: Table, column: str) -> str:
@@ -45,9 +45,13 @@ def _unnest(table: Table, columns: Sequence[str]) -> str:
     return f"unnest({casts})"
 
 
+def _table(model: type[DeclarativeBase]) -> Table:
+    return cast(Table, model.__table__)
+
+
 def insert(
     session: Session,
-    table: Table,
+    model: type[DeclarativeBase],
     rows: list[dict[str, Any]],
     *,
     tail: str = "",
@@ -56,6 +60,7 @@ def insert(
     """``INSERT INTO table (…) SELECT * FROM unnest(…) <tail> RETURNING <returning>``."""
     if not rows:
         return []
+    table = _table(model)
     columns = list(rows[0])
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {_unnest(table, columns)}"
     if tail:
@@ -66,10 +71,13 @@ def insert(
     return list(result.all()) if returning else []
 
 
-def update(session: Session, table: Table, rows: list[dict[str, Any]], *, key: str = "id") -> None:
+def update(
+    session: Session, model: type[DeclarativeBase], rows: list[dict[str, Any]], *, key: str = "id"
+) -> None:
     """Set each row's columns where ``key`` matches: ``UPDATE … FROM unnest(…)``."""
     if not rows:
         return
+    table = _table(model)
     columns = list(rows[0])
     sets = ", ".join(f"{c} = v.{c}" for c in columns if c != key)
     session.execute(

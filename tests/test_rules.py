@@ -95,9 +95,7 @@ HELPDESK = frozenset({"professional", "enterprise"})
 @pytest.mark.parametrize("tier", ["professional", "enterprise"])
 def test_R1_helpdesk_tiers_created_on_or_after_the_cutoff_go_to_the_help_desk(tier):
     for created in (CUTOFF, CUTOFF + timedelta(days=300)):
-        where = routing.ticket_location(
-            tier, created, cutoff=CUTOFF, helpdesk_tiers=HELPDESK
-        )
+        where = routing.ticket_location(tier, created, cutoff=CUTOFF, helpdesk_tiers=HELPDESK)
         assert where == "help_desk"
     assert routing.queue_for("help_desk") == "helpdesk"
 
@@ -113,9 +111,7 @@ def test_R1_helpdesk_tiers_created_on_or_after_the_cutoff_go_to_the_help_desk(ti
     ],
 )
 def test_R2_other_accounts_stay_in_the_inbox(tier, created):
-    assert (
-        routing.ticket_location(tier, created, cutoff=CUTOFF, helpdesk_tiers=HELPDESK) == "inbox"
-    )
+    assert routing.ticket_location(tier, created, cutoff=CUTOFF, helpdesk_tiers=HELPDESK) == "inbox"
     assert routing.queue_for("inbox") == "inbox"
 
 

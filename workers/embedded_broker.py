@@ -139,7 +139,11 @@ class Channel(virtual.Channel):
     # (events, broadcasts) is dropped rather than parked in a queue nobody reads.
     deadletter_queue = None
     visibility_timeout: float = 60.0
-    from_transport_options = (*virtual.Channel.from_transport_options, "visibility_timeout")
+    # kombu types it as a 2-tuple
+    from_transport_options = (  # type: ignore[assignment]
+        *virtual.Channel.from_transport_options,
+        "visibility_timeout",
+    )
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)
@@ -209,11 +213,17 @@ class Channel(virtual.Channel):
 class Transport(virtual.Transport):
     Channel = Channel
     polling_interval = 0.02
-    default_port = 0
     driver_type = "sql"
     driver_name = "sqlite"
-    connection_errors = (*virtual.Transport.connection_errors, sqlite3.OperationalError)
-    channel_errors = (*virtual.Transport.channel_errors, sqlite3.OperationalError)
+    # kombu types these as 1-tuples; a locked or unreachable file is a connection error.
+    connection_errors = (  # type: ignore[assignment]
+        *virtual.Transport.connection_errors,
+        sqlite3.OperationalError,
+    )
+    channel_errors = (  # type: ignore[assignment]
+        *virtual.Transport.channel_errors,
+        sqlite3.OperationalError,
+    )
 
     def driver_version(self) -> str:
         return sqlite3.sqlite_version

@@ -13,6 +13,7 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
+    assert url, "store.migrate sets sqlalchemy.url"
     engine = make_engine(url)
     with engine.connect() as connection:
         context.configure(
