@@ -106,6 +106,7 @@ class Pipeline:
         self.env, self.stack, self.logs = env, stack, logs
         self.port = free_port()
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._engine: Any = None
         subprocess.run([sys.executable, "-m", "cli.main", "migrate"], env=env, cwd=ROOT, check=True)
         self.server = self._spawn(
             ["serve", "--port", str(self.port), "--no-migrate"], logs / "serve.log"
@@ -178,18 +179,25 @@ class Pipeline:
             _stop(w)
         self.workers.clear()
 
-    def stored(self) -> int:
+    def _query(self, sql: str) -> int:
         from sqlalchemy import create_engine, text
 
         from settings import Settings
 
-        url = Settings(_env_file=None, **_settings_kwargs(self.env)).resolved_database_url
-        engine = create_engine(url)
-        try:
-            with engine.connect() as conn:
-                return int(conn.execute(text("SELECT count(*) FROM messages")).scalar_one())
-        finally:
-            engine.dispose()
+        if self._engine is None:
+            url = Settings(_env_file=None, **_settings_kwargs(self.env)).resolved_database_url
+            self._engine = create_engine(url, pool_size=1)
+            self.stack.callback(self._engine.dispose)
+        with self._engine.connect() as conn:
+            return int(conn.execute(text(sql)).scalar_one())
+
+    def stored(self) -> int:
+        return self._query("SELECT count(*) FROM messages")
+
+    def pending(self) -> int:
+        """Accepted deliveries not stored yet (the journal; a worker deletes a delivery's row in
+        the transaction that stores its message). Cheap to poll, unlike counting messages."""
+        return self._query("SELECT count(*) FROM (SELECT 1 FROM deliveries LIMIT 1) AS d")
 
     def send(self, n: int, run: str, connections: int = 64) -> tuple[float, dict[str, int]]:
         reqs = requests_for(self.inbox, n, run)
@@ -227,24 +235,76 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wait_stored(p: Pipeline, target: int, timeout: float = 600) -> float:
+    """When every accepted delivery is stored; then checks that ``target`` messages are."""
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        if p.stored() >= target:
-            return time.perf_counter()
+        if not p.pending():
+            done = time.perf_counter()
+            if (stored := p.stored()) != target:
+                raise RuntimeError(f"{stored} messages stored, {target} expected")
+            return done
         time.sleep(0.05)
     raise RuntimeError(f"only {p.stored()} of {target} messages stored in {timeout} s")
 
 
-def measure_end_to_end(p: Pipeline, workers: int, n: int, run: str, profile: Path | None) -> float:
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _cpu_by_command(name: str) -> float:
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip().startswith(name):
+                total += _cpu_of(int(comm.parent.name))
+        except OSError:
+            continue
+    return total
+
+
+def cpu_snapshot(p: Pipeline) -> dict[str, float]:
+    """CPU seconds used so far by each part of the pipeline."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "load generator": children.ru_utime + children.ru_stime,  # finished children: the load
+        "HTTP ingress": _cpu_of(p.server.pid),
+        "workers": sum(_cpu_of(w.pid) for w in p.workers),
+        "PostgreSQL": _cpu_by_command("postgres"),
+        "Redis": _cpu_by_command("redis-server"),
+    }
+
+
+def measure_end_to_end(
+    p: Pipeline, workers: int, n: int, run: str, profile: Path | None
+) -> tuple[float, dict[str, float]]:
+    """Messages/s, and CPU milliseconds per message by part of the pipeline."""
     before = p.stored()
     p.start_workers(workers, profile)
     time.sleep(3)  # workers connected and idle
+    cpu0 = cpu_snapshot(p)
     started = time.perf_counter()
     _, codes = p.send(n, run)
     assert codes == {"202": n}, codes
     done = wait_stored(p, before + n)
+    cpu1 = cpu_snapshot(p)
     p.stop_workers()
-    return n / (done - started)
+    per_message = {k: 1000 * (cpu1[k] - cpu0[k]) / n for k in cpu0}
+    return n / (done - started), per_message
+
+
+def cpu_line(label: str, per_message: dict[str, float]) -> str:
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in per_message.items() if v > 0)
+    return f"{label}: CPU ms per message: {parts}; total {sum(per_message.values()):.2f}"
 
 
 def measure_ingress(p: Pipeline, n: int, run: str) -> float:
@@ -291,6 +351,7 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     work = Path(tempfile.mkdtemp(prefix="inboxsync-bench-"))
     rows: list[tuple[str, str, str]] = []
+    notes: list[str] = []
     profile = ROOT / "bench" / "profile-worker.txt" if args.profile else None
     try:
         env, cleanup = redis_pg_env(base, work)
@@ -314,7 +375,8 @@ def main() -> None:
                 )
                 print(rows[-1], flush=True)
                 for workers in (1, 2):
-                    rate = measure_end_to_end(p, workers, args.n, f"e2e{workers}", None)
+                    rate, cpu = measure_end_to_end(p, workers, args.n, f"e2e{workers}", None)
+                    notes.append(cpu_line(f"{workers} worker process(es), Redis + PostgreSQL", cpu))
                     rows.append(
                         (
                             f"end-to-end: messages/s, {workers} worker process(es), "
@@ -332,7 +394,8 @@ def main() -> None:
             env = {**base, "INBOXSYNC_DATA_DIR": str(data)}
             with ExitStack() as stack:
                 p = Pipeline(env, stack, work)
-                rate = measure_end_to_end(p, 1, args.embedded_n, "emb", None)
+                rate, cpu = measure_end_to_end(p, 1, args.embedded_n, "emb", None)
+                notes.append(cpu_line("embedded", cpu))
                 rows.append(
                     (
                         "end-to-end: messages/s, 1 worker process, embedded "
@@ -343,10 +406,10 @@ def main() -> None:
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(rows)
+    report(rows, notes)
 
 
-def report(rows: list[tuple[str, str, str]]) -> None:
+def report(rows: list[tuple[str, str, str]], notes: list[str]) -> None:
     cores = os.cpu_count()
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -357,6 +420,10 @@ def report(rows: list[tuple[str, str, str]]) -> None:
         "| measurement | rate | webhooks |",
         "|---|---:|---:|",
         *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+        "Where the CPU goes during the end-to-end runs (every process shares the 2 cores):",
+        "",
+        *(f"- {line}" for line in notes),
         "",
     ]
     text = "\n".join(lines)
