@@ -7,6 +7,7 @@ parsed, then turns the body into payloads; the batcher (api/batcher.py) puts the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ class InboxInfo:
 
 
 _inboxes: dict[int, tuple[float, InboxInfo]] = {}
+_loading: dict[int, asyncio.Future[InboxInfo | None]] = {}
 
 
 def _load_inbox(inbox_id: int) -> InboxInfo | None:
@@ -51,7 +53,14 @@ async def inbox_info(inbox_id: int) -> InboxInfo | None:
     hit = _inboxes.get(inbox_id)
     if hit is not None and hit[0] >= now:
         return hit[1]
-    info = await run_in_threadpool(_load_inbox, inbox_id)
+    # One load per inbox at a time: when the entry expires under load, the requests that
+    # arrive meanwhile wait for that load instead of each reading the inbox again.
+    loading = _loading.get(inbox_id)
+    if loading is None:
+        loading = asyncio.ensure_future(run_in_threadpool(_load_inbox, inbox_id))
+        _loading[inbox_id] = loading
+        loading.add_done_callback(lambda _: _loading.pop(inbox_id, None))
+    info = await asyncio.shield(loading)
     if info is not None:  # an unknown id is not remembered: the inbox may be created next
         _inboxes[inbox_id] = (now + INBOX_CACHE_SECONDS, info)
     return info

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -97,7 +97,11 @@ def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
             .with_for_update(skip_locked=True)
         ).all()
         if ids:
-            session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(enqueued_at=now))
+            session.execute(
+                update(Delivery)
+                .where(bulk.among(session, Delivery.id, ids))
+                .values(enqueued_at=now)
+            )
     return list(ids)
 
 
@@ -147,24 +151,33 @@ def process_deliveries(ids: list[int], task_id: str | None) -> dict[str, int]:
     return counts
 
 
-def _claim(session: Session, ids: list[int], extra: int = 0) -> list[Delivery]:
+_JOURNAL_COLUMNS = (
+    Delivery.id,
+    Delivery.inbox_id,
+    Delivery.provider,
+    Delivery.received_at,
+    Delivery.payload,
+)
+
+
+def _claim(session: Session, ids: list[int], extra: int = 0) -> list[Row[Any]]:
     """Lock the journal rows ``ids`` that are still there, and up to ``extra`` more.
 
     The extra rows are the oldest pending ones: under load a worker stores what has piled up in
     one transaction instead of one small batch per broker message (their own messages, when they
     come, find the rows gone). SKIP LOCKED: a row another worker is storing is that worker's."""
     rows = list(
-        session.scalars(
-            select(Delivery)
-            .where(Delivery.id.in_(ids))
+        session.execute(
+            select(*_JOURNAL_COLUMNS)
+            .where(bulk.among(session, Delivery.id, ids))
             .order_by(Delivery.id)
             .with_for_update(skip_locked=True)
         )
     )
     if extra:
-        rows += session.scalars(
-            select(Delivery)
-            .where(Delivery.id.not_in(ids))
+        rows += session.execute(
+            select(*_JOURNAL_COLUMNS)
+            .where(bulk.not_among(session, Delivery.id, ids))
             .order_by(Delivery.id)
             .limit(extra)
             .with_for_update(skip_locked=True)
@@ -172,7 +185,7 @@ def _claim(session: Session, ids: list[int], extra: int = 0) -> list[Delivery]:
     return rows
 
 
-def _as_delivery(row: Delivery) -> dict[str, Any]:
+def _as_delivery(row: Row[Any]) -> dict[str, Any]:
     return {
         "inbox_id": row.inbox_id,
         "provider": row.provider,
@@ -194,7 +207,9 @@ def _process(ids: list[int], task_id: str | None, extra: int = 0) -> dict[str, i
                 dead.append((d, exc))
         outcomes = ingest(session, messages) if messages else []
         _insert_dead_letters(session, INGEST_TASK, task_id, dead)
-        session.execute(delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
+        session.execute(
+            delete(Delivery).where(bulk.among(session, Delivery.id, [r.id for r in rows]))
+        )
     duplicates = sum(1 for o in outcomes if o.duplicate)
     return {
         "stored": len(outcomes) - duplicates,
@@ -219,7 +234,9 @@ def _bury(ids: list[int], task_id: str | None) -> dict[str, int]:
         _insert_dead_letters(
             session, INGEST_TASK, task_id, [(_as_delivery(r), error) for r in rows]
         )
-        session.execute(delete(Delivery).where(Delivery.id.in_([r.id for r in rows])))
+        session.execute(
+            delete(Delivery).where(bulk.among(session, Delivery.id, [r.id for r in rows]))
+        )
     return {"stored": 0, "duplicate": 0, "dead": len(rows), "gone": len(ids) - len(rows)}
 
 

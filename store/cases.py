@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from handlers.rules import Case, ConversationState, TicketState
 from schemas import changes as c
+from store.bulk import among
 from store.models import Change, Conversation, Message, Ticket
 
 _CONV_FIELDS = ("status", "owner_id", "location", "ticket_id", "removed_by")
@@ -64,7 +65,9 @@ def lock_case(
     wanted_tickets = set(ticket_ids)
     for _attempt in range(5):
         current = session.execute(
-            select(Conversation.id, Conversation.ticket_id).where(Conversation.id.in_(conv_ids))
+            select(Conversation.id, Conversation.ticket_id).where(
+                among(session, Conversation.id, conv_ids)
+            )
         ).all()
         found = {row.id for row in current}
         for missing in set(conv_ids) - found:
@@ -72,7 +75,7 @@ def lock_case(
         tickets_needed = wanted_tickets | {row.ticket_id for row in current if row.ticket_id}
         ticket_rows = session.scalars(
             select(Ticket)
-            .where(Ticket.id.in_(tickets_needed))
+            .where(among(session, Ticket.id, tickets_needed))
             .order_by(Ticket.id)
             .with_for_update()
         ).all()
@@ -80,7 +83,12 @@ def lock_case(
             raise NotFound("ticket", missing)
         conv_rows = session.scalars(
             select(Conversation)
-            .where(or_(Conversation.id.in_(conv_ids), Conversation.ticket_id.in_(tickets_needed)))
+            .where(
+                or_(
+                    among(session, Conversation.id, conv_ids),
+                    among(session, Conversation.ticket_id, tickets_needed),
+                )
+            )
             .order_by(Conversation.id)
             .with_for_update()
         ).all()
