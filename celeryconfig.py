@@ -42,9 +42,10 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 # Events (what flower reads) and remote control (celery inspect) are broadcasts, which the
-# embedded broker does not carry between processes.
+# embedded broker does not carry between processes. No "task-sent" events: they would double
+# the ingress's broker writes (the profile showed it), and workers report every task anyway.
 worker_send_task_events = not _settings.is_embedded_broker
-task_send_sent_event = not _settings.is_embedded_broker
+task_send_sent_event = False
 worker_enable_remote_control = not _settings.is_embedded_broker
 
 # ingest: webhook deliveries; inbox / helpdesk: work on tickets and conversations, routed by

@@ -8,9 +8,10 @@ store/db.py) already serialises writers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -57,6 +58,28 @@ def aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# What a case needs of its rows (whole ORM objects cost more to build than the rules do).
+_CONVERSATION_COLUMNS = (
+    Conversation.id,
+    Conversation.account_id,
+    Conversation.status,
+    Conversation.owner_id,
+    Conversation.location,
+    Conversation.ticket_id,
+    Conversation.removed_by,
+    Conversation.last_change_at,
+)
+_TICKET_COLUMNS = (
+    Ticket.id,
+    Ticket.account_id,
+    Ticket.status,
+    Ticket.owner_id,
+    Ticket.location,
+    Ticket.removed_by,
+    Ticket.last_change_at,
+)
+
+
 def lock_case(
     session: Session, *, conversation_ids: Iterable[int] = (), ticket_ids: Iterable[int] = ()
 ) -> LoadedCase:
@@ -73,22 +96,22 @@ def lock_case(
         for missing in set(conv_ids) - found:
             raise NotFound("conversation", missing)
         tickets_needed = wanted_tickets | {row.ticket_id for row in current if row.ticket_id}
-        ticket_rows = session.scalars(
-            select(Ticket)
-            .where(among(session, Ticket.id, tickets_needed))
-            .order_by(Ticket.id)
-            .with_for_update()
-        ).all()
+        ticket_rows: Sequence[Any] = []
+        if tickets_needed:
+            ticket_rows = session.execute(
+                select(*_TICKET_COLUMNS)
+                .where(among(session, Ticket.id, tickets_needed))
+                .order_by(Ticket.id)
+                .with_for_update()
+            ).all()
         for missing in tickets_needed - {t.id for t in ticket_rows}:
             raise NotFound("ticket", missing)
-        conv_rows = session.scalars(
-            select(Conversation)
-            .where(
-                or_(
-                    among(session, Conversation.id, conv_ids),
-                    among(session, Conversation.ticket_id, tickets_needed),
-                )
-            )
+        members = among(session, Conversation.id, conv_ids)
+        if tickets_needed:
+            members = or_(members, among(session, Conversation.ticket_id, tickets_needed))
+        conv_rows = session.execute(
+            select(*_CONVERSATION_COLUMNS)
+            .where(members)
             .order_by(Conversation.id)
             .with_for_update()
         ).all()
@@ -98,7 +121,7 @@ def lock_case(
     raise RuntimeError("case membership kept changing while locking")  # retried by the task
 
 
-def _loaded(conv_rows: Iterable[Conversation], ticket_rows: Iterable[Ticket]) -> LoadedCase:
+def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
     case = Case()
     accounts: dict[tuple[str, int], int] = {}
     clocks: dict[tuple[str, int], datetime] = {}
