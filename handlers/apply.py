@@ -14,7 +14,7 @@ The contract (DESIGN.md, "What idempotent must mean here"):
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 from sqlalchemy import insert, select
@@ -62,6 +62,7 @@ def apply_change(session: Session, env: c.ChangeEnvelope, settings: Settings) ->
     action = env.action
     try:
         _check_owner(session, action, env.account_id)
+        _check_retention(session, action, settings)
         if isinstance(action, c.CreateTicket):
             action = _allocate_ticket(session, loaded, action, env, settings)
         effects, replayed = fold_into_case(session, loaded, env.id, env.occurred_at, action)
@@ -136,6 +137,24 @@ def _check_owner(session: Session, action: c.Action, account_id: int) -> None:
     )
     if found is None:
         raise RuleRefusal("-", f"owner {owner_id} not found in this account", 422)
+
+
+def _check_retention(session: Session, action: c.Action, settings: Settings) -> None:
+    """Deleted records are restorable for ``retention_days`` after their removal, not after."""
+    if isinstance(action, c.RestoreConversation):
+        removed_at = session.scalar(
+            select(Conversation.removed_at).where(Conversation.id == action.conversation_id)
+        )
+    elif isinstance(action, c.RestoreTicket):
+        removed_at = session.scalar(select(Ticket.removed_at).where(Ticket.id == action.ticket_id))
+    else:
+        return
+    if removed_at is None:
+        return
+    if cases.aware(removed_at) < datetime.now(UTC) - timedelta(days=settings.retention_days):
+        raise RuleRefusal(
+            "D", f"removed more than {settings.retention_days} days ago: no longer restorable"
+        )
 
 
 def _allocate_ticket(

@@ -308,3 +308,26 @@ def test_two_threads_racing_on_one_ticket_converge(make_account):
     assert s["tickets"] == [(ticket, statuses[38 % 4], acct["owner"], "inbox", None)]
     assert [cv[1] for cv in s["conversations"]] == ["closed", "closed"]
     assert s["conversations"][0][2] == owners[39 % 4 // 2]
+
+
+def test_D_a_restore_after_the_retention_period_is_refused(make_account):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from store.db import transaction
+    from store.models import Conversation
+
+    acct = make_account()
+    conv = conversation(acct["inbox"], "a")
+    run(change("trash", acct["account"], c.TrashConversation(conversation_id=conv), 10))
+    days = get_settings().retention_days
+    with transaction() as session:
+        session.execute(
+            update(Conversation)
+            .where(Conversation.id == conv)
+            .values(removed_at=datetime.now(UTC) - timedelta(days=days, minutes=1))
+        )
+    late = run(change("restore", acct["account"], c.RestoreConversation(conversation_id=conv), 20))
+    assert late["outcome"] == "rejected" and late["code"] == "D:409"
+    assert state([conv])["conversations"][0][5] == "trash"
