@@ -34,7 +34,7 @@ class UnknownInbox(Exception):
 
 def ingest(session: Session, batch: list[InboundMessage]) -> list[IngestOutcome]:
     """Store a batch of inbound messages. Call inside a transaction; the caller commits."""
-    unique = _first_of_each(batch)
+    unique = _follow_references(session, _first_of_each(batch))
     inbox_accounts = _inbox_accounts(session, {m.inbox_id for m in unique})
     keys = sorted({(m.inbox_id, m.effective_thread_key) for m in unique})
     _lock_threads(session, keys)
@@ -65,6 +65,58 @@ def ingest(session: Session, batch: list[InboundMessage]) -> list[IngestOutcome]
                 effects=effects.get(mid, []),
             )
     return [outcomes[(m.inbox_id, m.external_id)] for m in batch]
+
+
+def _follow_references(session: Session, msgs: list[InboundMessage]) -> list[InboundMessage]:
+    """Give a message that answers a known message (or carries our reply token) the thread key
+    of that message's conversation.
+
+    ``thread_refs`` are channel message ids (email: In-Reply-To, then References from the
+    newest); they match the ``external_id`` ``mid:<id>`` of messages already stored in the same
+    inbox, or of an earlier message of this batch. A message that matches nothing keeps its own
+    ``thread_key``: a new conversation, never one guessed from the subject."""
+    if not any(m.thread_refs or m.reply_token for m in msgs):
+        return msgs
+    refs = sorted({(m.inbox_id, ref_key(r)) for m in msgs for r in m.thread_refs})
+    known: dict[tuple[int, str], str] = {}
+    if refs:
+        rows = session.execute(
+            select(Message.inbox_id, Message.external_id, Conversation.thread_key)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(tuple_(Message.inbox_id, Message.external_id).in_(refs))
+        ).all()
+        known = {(r.inbox_id, r.external_id): r.thread_key for r in rows}
+    tokens = {m.reply_token for m in msgs if m.reply_token is not None}
+    by_token: dict[int, tuple[int, str]] = {}
+    if tokens:
+        token_rows = session.execute(
+            select(Conversation.id, Conversation.inbox_id, Conversation.thread_key).where(
+                Conversation.id.in_(tokens)
+            )
+        ).all()
+        by_token = {r.id: (r.inbox_id, r.thread_key) for r in token_rows}
+    resolved: dict[tuple[int, str], InboundMessage] = {}
+    for m in sorted(msgs, key=lambda m: m.sent_at):  # a reply may answer an earlier one here
+        key = next(
+            (
+                known.get(k) or (resolved[k].effective_thread_key if k in resolved else None)
+                for k in ((m.inbox_id, ref_key(r)) for r in m.thread_refs)
+                if k in known or k in resolved
+            ),
+            None,
+        )
+        if key is None and m.reply_token in by_token:
+            token_inbox, token_key = by_token[m.reply_token]
+            key = token_key if token_inbox == m.inbox_id else None  # never across inboxes
+        resolved[(m.inbox_id, m.external_id)] = (
+            m if key is None else m.model_copy(update={"thread_key": key})
+        )
+    return [resolved[(m.inbox_id, m.external_id)] for m in msgs]
+
+
+def ref_key(message_id: str) -> str:
+    """The ``external_id`` under which a message with this channel message id is stored."""
+    return f"mid:{message_id}"
 
 
 def _first_of_each(batch: list[InboundMessage]) -> list[InboundMessage]:
@@ -260,6 +312,7 @@ def _insert_messages(
             "sent_at": m.sent_at,
             "received_at": m.received_at,
             "headers": m.headers,
+            "automatic": m.automatic,
         }
         for m in msgs
     ]
@@ -293,22 +346,35 @@ def _advance_conversations(
         if cid in created or loaded is None:
             continue  # its clocks were set at insert (_resolve_threads)
         newest = max(m.sent_at for m in conv_msgs)
+        last_message_at = max(newest, loaded.last_message_at[cid])
         conv = loaded.case.conversations[cid]
         case_clock = loaded.clock_of_conversation(cid)
         own_clock = loaded.clocks[("conversation", cid)]
+        # Auto-replies and bounces take no part in the rules: they reopen nothing.
+        human = [m for m in conv_msgs if not m.automatic]
+        if not human:
+            clocks.append(
+                {"id": cid, "last_message_at": last_message_at, "last_change_at": own_clock}
+            )
+            continue
         # Open, live, and either without a ticket or newer than everything in its case: the
         # rules would change nothing but the clocks. Anything else goes through the rules.
+        latest = max(m.sent_at for m in human)
         if (
             conv.status == "open"
             and conv.removed_by is None
-            and (conv.ticket_id is None or newest >= case_clock)
+            and (conv.ticket_id is None or latest >= case_clock)
         ):
             clocks.append(
-                {"id": cid, "last_message_at": newest, "last_change_at": max(newest, own_clock)}
+                {
+                    "id": cid,
+                    "last_message_at": last_message_at,
+                    "last_change_at": max(latest, own_clock),
+                }
             )
             continue
         case = cases.lock_case(session, conversation_ids=[cid])
-        for m in sorted(conv_msgs, key=lambda m: m.sent_at):
+        for m in sorted(human, key=lambda m: m.sent_at):
             mid = message_ids[(m.inbox_id, m.external_id)]
             produced, _ = apply.fold_into_case(
                 session, case, f"message:{mid}", m.sent_at, c.MessageReceived(conversation_id=cid)

@@ -21,6 +21,13 @@ class InboundMessage(BaseModel):
     sent_at: AwareDatetime
     received_at: AwareDatetime
     headers: dict[str, Any] = Field(default_factory=dict)
+    # Threading hints a channel may give (email): the message ids this one answers, most telling
+    # first, and the conversation named by a reply token we put in outgoing mail. The store
+    # follows them to an existing conversation before falling back to ``thread_key``.
+    thread_refs: list[str] = Field(default_factory=list, max_length=200)
+    reply_token: int | None = None
+    # An auto-reply or a bounce: stored, but it reopens nothing and asks for no answer.
+    automatic: bool = False
 
     @property
     def effective_thread_key(self) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ARRAY,
     JSON,
     BigInteger,
+    Boolean,
     ColumnElement,
     DateTime,
     Integer,
@@ -39,6 +40,8 @@ from store.db import is_postgres
 
 def _pg_type(table: Table, column: str) -> str:
     kind = table.c[column].type
+    if isinstance(kind, Boolean):
+        return "boolean"
     if isinstance(kind, BigInteger | Integer):
         return "bigint"
     if isinstance(kind, DateTime):

@@ -40,6 +40,7 @@ class LoadedCase:
     account_ids: dict[tuple[str, int], int]
     last_change_at: datetime
     clocks: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    last_message_at: dict[int, datetime] = field(default_factory=dict)
     touched: set[tuple[str, int]] = field(default_factory=set)
 
     def clock_of_conversation(self, conversation_id: int) -> datetime:
@@ -68,6 +69,7 @@ _CONVERSATION_COLUMNS = (
     Conversation.ticket_id,
     Conversation.removed_by,
     Conversation.last_change_at,
+    Conversation.last_message_at,
 )
 _TICKET_COLUMNS = (
     Ticket.id,
@@ -125,6 +127,7 @@ def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
     case = Case()
     accounts: dict[tuple[str, int], int] = {}
     clocks: dict[tuple[str, int], datetime] = {}
+    last_message_at: dict[int, datetime] = {}
     for t in ticket_rows:
         case.tickets[t.id] = TicketState(
             id=t.id,
@@ -146,12 +149,14 @@ def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
         )
         accounts[("conversation", cv.id)] = cv.account_id
         clocks[("conversation", cv.id)] = aware(cv.last_change_at)
+        last_message_at[cv.id] = aware(cv.last_message_at)
     return LoadedCase(
         case=case,
         before=_copy(case),
         account_ids=accounts,
         last_change_at=max(clocks.values(), default=EPOCH),
         clocks=clocks,
+        last_message_at=last_message_at,
     )
 
 
@@ -215,7 +220,9 @@ def history(session: Session, case: Case) -> list[tuple[datetime, str, c.Action]
     ]
     messages = session.execute(
         select(Message.id, Message.conversation_id, Message.sent_at).where(
-            Message.conversation_id.in_(conv_ids), Message.direction == "inbound"
+            Message.conversation_id.in_(conv_ids),
+            Message.direction == "inbound",
+            Message.automatic.is_(False),
         )
     ).all()
     events += [

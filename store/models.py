@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -172,6 +173,8 @@ class Message(Base):
     sent_at: Mapped[datetime]
     received_at: Mapped[datetime]
     headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # An auto-reply or a bounce: recorded, but it never reopens anything (see handlers/ingest.py).
+    automatic: Mapped[bool] = mapped_column(default=False, server_default=false())
     __table_args__ = (UniqueConstraint("inbox_id", "external_id"),)
 
 

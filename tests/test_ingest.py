@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from handlers import pipeline
 from schemas import changes as c
+from schemas.inbound import InboundMessage
 from store.db import reading
 from store.models import Conversation, DeadLetter, Delivery, Message
 from tests.storehelp import at, change, conversation, inbound, run, state, store
@@ -234,3 +235,93 @@ def test_concurrent_workers_store_each_message_once_and_one_conversation_per_thr
     assert count(Message) == 120
     assert count(Conversation) == 7
     assert count(Delivery) == 0
+
+
+# Threading hints from channels (email) -------------------------------------------------------
+
+
+def mail(
+    inbox: int, message_id: str, *, refs: tuple[str, ...] = (), sent: float = 0.0
+) -> InboundMessage:
+    """An inbound mail as an email adapter hands it over: keyed and threaded by Message-ID."""
+    own = inbound(inbox, f"mid:{message_id}", thread=f"mid:{message_id}", sent=sent)
+    return own.model_copy(update={"thread_refs": list(refs)})
+
+
+def test_a_reply_threads_by_the_message_it_answers_not_by_its_own_key(make_account):
+    acct = make_account()
+    first = store(mail(acct["inbox"], "a@x"))[0].conversation_id
+    reply = store(mail(acct["inbox"], "b@x", refs=("a@x",), sent=5))[0]
+    assert reply.conversation_id == first
+    unrelated = store(mail(acct["inbox"], "c@x", refs=("unknown@x",), sent=6))[0]
+    assert unrelated.conversation_id != first
+
+
+def test_references_are_followed_most_telling_first_and_within_a_batch(make_account):
+    acct = make_account()
+    one = store(mail(acct["inbox"], "one@x"))[0].conversation_id
+    two = store(mail(acct["inbox"], "two@x", sent=1))[0].conversation_id
+    # In-Reply-To two, References one: the direct parent wins.
+    assert (
+        store(mail(acct["inbox"], "r@x", refs=("two@x", "one@x"), sent=2))[0].conversation_id == two
+    )
+    # A new mail and its reply in one batch: one conversation.
+    new, answer = store(
+        mail(acct["inbox"], "n@x", sent=3), mail(acct["inbox"], "m@x", refs=("n@x",), sent=4)
+    )
+    assert new.conversation_id == answer.conversation_id not in (one, two)
+
+
+def test_a_reply_token_names_the_conversation_but_never_across_inboxes(make_account):
+    a, b = make_account(), make_account()
+    conv = store(mail(a["inbox"], "a@x"))[0].conversation_id
+    tokened = inbound(a["inbox"], "mid:t@x", thread="mid:t@x", sent=1).model_copy(
+        update={"reply_token": conv}
+    )
+    assert store(tokened)[0].conversation_id == conv
+    foreign = inbound(b["inbox"], "mid:f@x", thread="mid:f@x", sent=1).model_copy(
+        update={"reply_token": conv}
+    )
+    assert store(foreign)[0].conversation_id != conv
+
+
+def test_a_reply_to_a_trashed_conversation_starts_a_new_one(make_account):
+    acct = make_account()
+    old = store(mail(acct["inbox"], "a@x"))[0].conversation_id
+    run(change("trash", acct["account"], c.TrashConversation(conversation_id=old), 10))
+    reply = store(mail(acct["inbox"], "b@x", refs=("a@x",), sent=20))[0]
+    assert reply.conversation_id != old
+
+
+def test_an_auto_reply_is_stored_but_reopens_nothing_even_on_replay(make_account):
+    acct = make_account()
+    conv = store(mail(acct["inbox"], "a@x"))[0].conversation_id
+    ticket = run(change("create", acct["account"], c.CreateTicket(conversation_id=conv), 10))[
+        "ticket_id"
+    ]
+    run(change("close", acct["account"], c.SetTicketStatus(ticket_id=ticket, status="closed"), 30))
+    vacation = mail(acct["inbox"], "ooo@x", refs=("a@x",), sent=40).model_copy(
+        update={"automatic": True}
+    )
+    outcome = store(vacation)[0]
+    assert outcome.conversation_id == conv and outcome.effects == []
+    # A late change forces a replay of the case's history: the auto-reply still reopens nothing.
+    run(
+        change(
+            "late", acct["account"], c.SetTicketOwner(ticket_id=ticket, owner_id=acct["owner"]), 20
+        )
+    )
+    s = state([conv])
+    assert s["conversations"][0][1] == "closed" and s["tickets"][0][1] == "closed"
+    with reading() as session:
+        assert session.scalar(select(Message.automatic).where(Message.external_id == "mid:ooo@x"))
+
+
+def test_a_late_message_never_moves_last_message_at_back(make_account):
+    acct = make_account()
+    conv = conversation(acct["inbox"], "a", sent=0)
+    store(inbound(acct["inbox"], "new", thread="a", sent=50))
+    store(inbound(acct["inbox"], "old", thread="a", sent=20))
+    with reading() as session:
+        last = session.scalar(select(Conversation.last_message_at).where(Conversation.id == conv))
+    assert last is not None and last.replace(tzinfo=at(0).tzinfo) == at(50)
