@@ -64,7 +64,15 @@ def ingest(session: Session, batch: list[InboundMessage]) -> list[IngestOutcome]
                 conversation_id=threads[(m.inbox_id, m.effective_thread_key)],
                 effects=effects.get(mid, []),
             )
-    return [outcomes[(m.inbox_id, m.external_id)] for m in batch]
+    # A second copy within the batch is a duplicate of the first, like a copy stored before.
+    answered: set[tuple[int, str]] = set()
+    out = []
+    for m in batch:
+        key = (m.inbox_id, m.external_id)
+        outcome = outcomes[key]
+        out.append(outcome.model_copy(update={"duplicate": True}) if key in answered else outcome)
+        answered.add(key)
+    return out
 
 
 def _follow_references(session: Session, msgs: list[InboundMessage]) -> list[InboundMessage]:

@@ -130,9 +130,12 @@ def test_webhook_bad_payload_is_422_with_the_field(client: TestClient) -> None:
     assert not_json.status_code == 422
 
 
-def test_webhook_unknown_inbox_is_404_and_oversized_body_is_413(client: TestClient) -> None:
+def test_webhook_unknown_inbox_is_404_and_oversized_body_is_413(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert post_webhook(client, 987654, message("m")).status_code == 404
-    client.app.state.settings.max_body_bytes = 1000  # type: ignore[attr-defined]
+    # The settings object is shared by the whole run: changed for this test only.
+    monkeypatch.setattr(client.app.state.settings, "max_body_bytes", 1000)  # type: ignore[attr-defined]
     acct = setup_account(client)
     big = message("m")
     big["text"] = "x" * 2000

@@ -1,0 +1,131 @@
+"""Postmark inbound (JSON): https://postmarkapp.com/developer/webhooks/inbound-webhook
+
+Authenticity: Postmark does not sign inbound webhooks; the documented protection is HTTP basic
+auth in the webhook URL (``https://user:password@host/webhooks/<inbox>``). The inbox keeps
+``basic_username`` and ``basic_password``; both are compared in constant time.
+
+Postmark has already split the mail: addresses, subject and date are top-level fields, the other
+headers (Message-ID, In-Reply-To, References, Auto-Submitted, …) are in ``Headers``, attachments
+are base64. With "include raw email content" on, ``RawEmail`` is parsed instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import datetime
+from email.utils import formataddr
+from typing import Any
+
+from pydantic import ValidationError
+
+from handlers.channels import mail
+from handlers.channels.base import (
+    Accepted,
+    PayloadError,
+    SignatureError,
+    WebhookRequest,
+    constant_time_equal,
+)
+from handlers.email.parse import UnparseableEmail, from_parts, parse_raw
+from schemas.inbound import InboundMessage
+from schemas.postmark import PostmarkAddress, PostmarkInbound
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def _addresses(items: list[PostmarkAddress]) -> str:
+    return ", ".join(formataddr((a.name, a.email)) for a in items)
+
+
+class PostmarkAdapter:
+    name = "postmark"
+    channels = frozenset({"email"})
+
+    def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
+        user, password = secrets.get("basic_username"), secrets.get("basic_password")
+        if not user or not password:
+            raise SignatureError("inbox has no basic_username / basic_password configured")
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        try:
+            given = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            given = ""
+        given_user, _, given_password = given.partition(":")
+        ok_user = constant_time_equal(given_user, str(user))
+        ok_password = constant_time_equal(given_password, str(password))
+        if scheme.lower() != "basic" or not (ok_user and ok_password):
+            raise SignatureError("missing or wrong basic auth credentials")
+
+    def accept(self, request: WebhookRequest) -> Accepted:
+        try:
+            body = PostmarkInbound.model_validate_json(request.body)
+        except ValidationError as exc:
+            raise PayloadError(_describe(exc)) from None
+        return Accepted(payloads=[body.model_dump(mode="json", by_alias=True)])
+
+    def normalize(
+        self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
+    ) -> list[InboundMessage]:
+        try:
+            body = PostmarkInbound.model_validate(payload)
+        except ValidationError as exc:
+            raise PayloadError(_describe(exc)) from None
+        try:
+            if body.raw_email:
+                raw = body.raw_email.encode("utf-8", "surrogateescape")
+                parsed, _contents = parse_raw(raw)
+            else:
+                parsed, _contents = from_parts(
+                    headers=self._headers(body),
+                    text=body.text_body or None,
+                    html=body.html_body or None,
+                    attachments=[
+                        (
+                            a.name,
+                            a.content_type,
+                            _b64(a.content),
+                            (a.content_id or None),
+                            bool(a.content_id),
+                        )
+                        for a in body.attachments
+                    ],
+                )
+        except UnparseableEmail as exc:
+            raise PayloadError(f"unparseable mail: {exc}") from None
+        return [
+            mail.to_inbound(
+                parsed,
+                inbox_id=inbox_id,
+                received_at=received_at,
+                provider=self.name,
+                provider_id=body.message_id,
+                fallback_id=body.message_id.encode(),
+            )
+        ]
+
+    @staticmethod
+    def _headers(body: PostmarkInbound) -> list[tuple[str, str]]:
+        given = [(h.name, h.value) for h in body.headers]
+        present = {name.lower() for name, _ in given}
+        top = [
+            ("From", formataddr((body.from_full.name, body.from_full.email))),
+            ("To", _addresses(body.to_full)),
+            ("Cc", _addresses(body.cc_full)),
+            ("Reply-To", body.reply_to),
+            ("Subject", body.subject),
+            ("Date", body.date),
+        ]
+        return [(n, v) for n, v in top if v and n.lower() not in present] + given
+
+
+def _b64(content: str) -> bytes:
+    try:
+        return base64.b64decode(content, validate=False)
+    except binascii.Error:
+        raise PayloadError("an attachment's Content is not base64", field="Attachments") from None

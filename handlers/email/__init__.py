@@ -1,0 +1,1 @@
+"""Email: parsing (parse.py) and quoted-history splitting (quotes.py), pure functions."""
