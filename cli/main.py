@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -104,6 +105,56 @@ def create_inbox(
         session.add(inbox)
         session.flush()
         typer.echo(f"{inbox.id} /webhooks/{inbox.id}")
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="saved webhook bodies or .eml files")],
+    inbox: Annotated[int, typer.Option(help="the inbox they belong to")],
+    provider: Annotated[str, typer.Option(help="the provider whose format the files are in")],
+    batch: Annotated[int, typer.Option(help="deliveries per broker message")] = 200,
+) -> None:
+    """Feed saved payloads through the webhook's path: checked by the provider's adapter,
+    journaled, queued for the workers (replays and imports). Signatures are not checked: the
+    operator running this is trusted. A file the adapter refuses is reported and skipped."""
+    from rich.progress import Progress
+
+    from api.app import enqueue
+    from handlers.channels import adapter_for
+    from handlers.channels.base import WebhookError, WebhookRequest
+    from handlers.pipeline import delivery
+
+    adapter = adapter_for(provider)
+    content_type = "message/rfc822" if provider == "rfc822" else "application/json"
+    pending: list[dict[str, Any]] = []
+    queued = refused = 0
+    with Progress() as progress:
+        task = progress.add_task(f"inbox {inbox} ({provider})", total=len(files))
+        for path in files:
+            request = WebhookRequest(
+                method="POST",
+                url=f"file://{path}",
+                headers={"content-type": content_type},
+                query={},
+                body=path.read_bytes(),
+            )
+            try:
+                accepted = adapter.accept(request)
+            except WebhookError as exc:
+                refused += 1
+                progress.console.print(f"[red]refused[/red] {path}: {exc}")
+            else:
+                pending += [delivery(inbox, provider, p) for p in accepted.payloads]
+            if len(pending) >= batch:
+                enqueue(pending)
+                queued, pending = queued + len(pending), []
+            progress.advance(task)
+        if pending:
+            enqueue(pending)
+            queued += len(pending)
+    typer.echo(f"queued {queued} deliveries, refused {refused} files")
+    if refused:
+        raise typer.Exit(1)
 
 
 @app.command("create-owner")

@@ -222,3 +222,33 @@ def test_http_accepted_mail_is_journaled_and_stored(client, make_account):
         stored = session.scalars(select(Message)).one()
     assert stored.external_id == "mid:CAF=reply2@mail.example.com"
     assert stored.headers["email"]["subject"].startswith("Re: Pedido 1001")
+
+
+def test_cli_ingest_feeds_saved_mails_through_the_webhook_path(make_account, tmp_path):
+    import subprocess
+    import sys
+
+    acct = make_account()
+    raw = _email_inbox(acct, "rfc822", BEARER)
+    empty = tmp_path / "empty.eml"
+    empty.write_bytes(b"")
+    files = [FIXTURES / "email" / "plain_utf8.eml", FIXTURES / "email" / "gmail_reply.eml"]
+    not_a_mail = FIXTURES / "postmark" / "inbound.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "ingest", "--inbox", str(raw), "--provider", "rfc822"]
+        + [str(f) for f in (*files, not_a_mail, empty)],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # The empty file is refused at the edge (exit 1, reported); the JSON is a body without mail
+    # headers: queued, then a dead letter in the worker with its payload kept.
+    assert done.returncode == 1, done.stderr
+    assert "queued 3 deliveries, refused 1 files" in done.stdout
+    ids = pipeline.sweep(older_than_s=-1)
+    counts = pipeline.process_deliveries(ids, None)
+    assert (counts["stored"], counts["dead"]) == (2, 1)
+    with reading() as session:
+        conversations = session.scalar(select(func.count()).select_from(Conversation))
+    assert conversations == 1  # the reply threads to the first mail by its References
