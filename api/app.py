@@ -42,6 +42,7 @@ async def sweep_forever(settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
         try:
+            await run_in_threadpool(pipeline.forget_tokens, 2 * settings.webhook_tolerance_seconds)
             while ids := await run_in_threadpool(pipeline.sweep, settings.sweep_after_s):
                 for start in range(0, len(ids), settings.ingest_batch_max):
                     await run_in_threadpool(

@@ -84,9 +84,10 @@ async def handle(
     adapter.verify(webhook, inbox.secrets, time.time())
     accepted = adapter.accept(webhook)
     if accepted.payloads:
-        await state.batcher.submit(
-            [pipeline.delivery(inbox.id, inbox.provider, p) for p in accepted.payloads]
-        )
+        deliveries = [pipeline.delivery(inbox.id, inbox.provider, p) for p in accepted.payloads]
+        if accepted.replay_key:
+            deliveries[0]["replay_key"] = accepted.replay_key
+        await state.batcher.submit(deliveries)
     if accepted.reply is not None:
         return 200, accepted.reply
     return 202, {"accepted": len(accepted.payloads)}

@@ -34,7 +34,7 @@ from schemas.inbound import InboundMessage
 from settings import Settings, get_settings
 from store import bulk, cases
 from store.db import is_postgres, transaction
-from store.models import Account, Conversation, DeadLetter, Delivery, Ticket
+from store.models import Account, Conversation, DeadLetter, Delivery, Ticket, WebhookToken
 
 # Worth retrying: the database or a lock, not the payload. IntegrityError is here because two
 # workers racing on one new row make one of them fail once; the retry finds the row.
@@ -63,22 +63,58 @@ def journal(deliveries: list[dict[str, Any]]) -> list[int]:
     """Keep accepted deliveries durably in the store (one commit); returns their ids.
 
     This is what makes a 2xx safe: the broker message that follows carries only these ids, and a
-    lost broker message is made good by ``sweep``."""
+    lost broker message is made good by ``sweep``. A delivery with a ``replay_key`` already seen
+    (a replayed request) is left out, in the same transaction that remembers the new keys."""
     now = datetime.now(UTC)
-    rows = [
-        {
-            "inbox_id": d["inbox_id"],
-            "provider": d["provider"],
-            "received_at": datetime.fromisoformat(d["received_at"]),
-            "enqueued_at": now,
-            "payload": d["payload"],
-        }
-        for d in deliveries
-    ]
     with transaction() as session:
+        deliveries = _first_time(session, deliveries, now)
+        rows = [
+            {
+                "inbox_id": d["inbox_id"],
+                "provider": d["provider"],
+                "received_at": datetime.fromisoformat(d["received_at"]),
+                "enqueued_at": now,
+                "payload": d["payload"],
+            }
+            for d in deliveries
+        ]
+        if not rows:
+            return []
         if is_postgres(session):
             return [r.id for r in bulk.insert(session, Delivery, rows, returning=["id"])]
         return list(session.scalars(insert(Delivery).returning(Delivery.id), rows).all())
+
+
+def _first_time(
+    session: Session, deliveries: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    if not any(d.get("replay_key") for d in deliveries):
+        return deliveries
+    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    kept = []
+    for d in deliveries:  # few carry a key: only providers with one-time tokens set them
+        if d.get("replay_key"):
+            first = session.execute(
+                dialect_insert(WebhookToken)
+                .values(inbox_id=d["inbox_id"], token=d["replay_key"], seen_at=now)
+                .on_conflict_do_nothing()
+                .returning(WebhookToken.token)
+            ).first()
+            if first is None:
+                continue  # seen before (in this batch or within the window): a replay
+        kept.append(d)
+    return kept
+
+
+def forget_tokens(older_than_s: float) -> int:
+    """Drop one-time tokens older than the signature window: a request that old is refused
+    by its signature check anyway."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    with transaction() as session:
+        gone = session.scalars(
+            delete(WebhookToken).where(WebhookToken.seen_at < cutoff).returning(WebhookToken.token)
+        ).all()
+        return len(gone)
 
 
 def sweep(older_than_s: float, limit: int = 1000) -> list[int]:

@@ -161,6 +161,16 @@ class Delivery(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class WebhookToken(Base):
+    """A provider's one-time request token (Mailgun's ``token``), remembered for the signature's
+    tolerance window: a request replayed within it is journaled once (handlers/pipeline.py)."""
+
+    __tablename__ = "webhook_tokens"
+    inbox_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    token: Mapped[str] = mapped_column(String(300), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Message(Base):
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -252,3 +252,90 @@ def test_cli_ingest_feeds_saved_mails_through_the_webhook_path(make_account, tmp
     with reading() as session:
         conversations = session.scalar(select(func.count()).select_from(Conversation))
     assert conversations == 1  # the reply threads to the first mail by its References
+
+
+# Mailgun -------------------------------------------------------------------------------------
+
+SIGNING = {"signing_key": "key-mg-s3cret"}
+
+
+def mailgun_form(name: str, *, now: float | None = None, token: str = "tok-1") -> tuple[bytes, str]:
+    """The fixture as Mailgun posts it: a signed multipart form."""
+    from handlers.channels.mailgun import sign
+
+    fixture = json.loads((FIXTURES / "mailgun" / name).read_text())
+    stamp = str(int(now if now is not None else time.time()))
+    fields = {**fixture["fields"], "timestamp": stamp, "token": token}
+    fields["signature"] = sign(SIGNING["signing_key"], stamp, token)
+    boundary = "----mgboundary7MA4YWxk"
+    out = b""
+    for key, value in fields.items():
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'.encode()
+            + value.encode()
+            + b"\r\n"
+        )
+    for f in fixture["files"]:
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{f["field"]}"; '
+            f'filename="{f["filename"]}"\r\nContent-Type: {f["content_type"]}\r\n\r\n'.encode()
+            + f["content_text"].encode()
+            + b"\r\n"
+        )
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_mailgun_signature_window_and_key_are_checked():
+    adapter = adapter_for("mailgun")
+    body, kind = mailgun_form("parsed.json")
+    adapter.verify(request(body, content_type=kind), SIGNING, time.time())
+    with pytest.raises(SignatureError, match="does not match"):
+        adapter.verify(request(body, content_type=kind), {"signing_key": "other"}, time.time())
+    stale, kind = mailgun_form("parsed.json", now=time.time() - 301)
+    with pytest.raises(SignatureError, match="window"):
+        adapter.verify(request(stale, content_type=kind), SIGNING, time.time())
+    forged = body.replace(b"O produto veio partido.", b"Pay to account 123.", 1)
+    adapter.verify(request(forged, content_type=kind), SIGNING, time.time())  # body not signed:
+    # Mailgun signs only timestamp+token, so the token's one-time use is what stops replays.
+
+
+def test_mailgun_parsed_and_mime_forms_normalize_alike():
+    body, kind = mailgun_form("parsed.json")
+    m = normalized("mailgun", body, {"content-type": kind})
+    assert m.external_id == "mid:CAJ=mg-1@mail.example.com"
+    assert m.sender == "joao@example.com" and m.thread_refs == ["out-3.1@acme.test"]
+    email = m.headers["email"]
+    assert email["subject"] == "Reclamação"
+    assert email["visible_text"] == "O produto veio partido."
+    assert "onerror" not in email["html_safe"]
+    assert [a["filename"] for a in email["attachments"]] == ["foto.jpg"]
+    mime_body, mime_kind = mailgun_form("mime.json")
+    raw = normalized("mailgun", mime_body, {"content-type": mime_kind})
+    assert raw.external_id == "mid:CAF=reply2@mail.example.com" and raw.reply_token == 7
+
+
+def test_mailgun_replayed_token_is_journaled_once(make_account):
+    acct = make_account()
+    inbox = _email_inbox(acct, "mailgun", SIGNING)
+    body, kind = mailgun_form("parsed.json", token="tok-replayed")
+    accepted = adapter_for("mailgun").accept(request(body, content_type=kind))
+    first = pipeline.delivery(inbox, "mailgun", accepted.payloads[0])
+    first["replay_key"] = accepted.replay_key
+    assert len(pipeline.journal([first, dict(first)])) == 1  # a replay within one batch
+    assert pipeline.journal([dict(first)]) == []  # and a later one
+    assert pipeline.forget_tokens(older_than_s=-1) == 1
+    assert len(pipeline.journal([dict(first)])) == 1  # past the window the signature decides
+
+
+def test_http_mailgun_post_and_its_replay(client, make_account):
+    acct = make_account()
+    inbox = _email_inbox(acct, "mailgun", SIGNING)
+    body, kind = mailgun_form("parsed.json", token="tok-http")
+    for _ in range(2):
+        answer = client.post(f"/webhooks/{inbox}", content=body, headers={"Content-Type": kind})
+        assert answer.status_code == 202, answer.text
+    with reading() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 1
+    unsigned = body.replace(b"tok-http", b"tok-other")
+    answer = client.post(f"/webhooks/{inbox}", content=unsigned, headers={"Content-Type": kind})
+    assert answer.status_code == 401

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from handlers.channels.base import ChannelAdapter, PayloadError
 from handlers.channels.generic import GenericAdapter
+from handlers.channels.mailgun import MailgunAdapter
 from handlers.channels.postmark import PostmarkAdapter
 from handlers.channels.rfc822 import Rfc822Adapter
 
 REGISTRY: dict[str, ChannelAdapter] = {
     "generic": GenericAdapter(),
+    "mailgun": MailgunAdapter(),
     "postmark": PostmarkAdapter(),
     "rfc822": Rfc822Adapter(),
 }

@@ -54,6 +54,9 @@ class Accepted:
 
     payloads: list[dict[str, Any]] = field(default_factory=list)
     reply: Any = None
+    # A one-time token of the request (Mailgun's): the journal stores a request with a token it
+    # has seen within the signature window only once, so a replay is answered but changes nothing.
+    replay_key: str | None = None
 
 
 class ChannelAdapter(Protocol):

@@ -1,0 +1,62 @@
+"""HTML form bodies (``multipart/form-data`` and urlencoded), as Mailgun and SendGrid post them.
+
+``parse_form`` turns a body into JSON-safe data for the journal: text fields by name, and files
+with their bytes base64-encoded. The stdlib's MIME parser reads multipart bodies: a form is MIME.
+"""
+
+from __future__ import annotations
+
+import base64
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qsl
+
+from handlers.channels.base import PayloadError
+
+
+def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
+    """``{"fields": {name: text}, "files": [{"field", "filename", "content_type", "content"}]}``"""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        except UnicodeDecodeError:
+            raise PayloadError("form body is not UTF-8") from None
+        return {"fields": dict(pairs), "files": []}
+    if kind != "multipart/form-data" or "boundary=" not in content_type:
+        raise PayloadError(
+            f"content type {kind or 'none'!r}: expected a multipart or urlencoded form",
+            field="content-type",
+        )
+    message = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    parts = message.get_payload()
+    if not isinstance(parts, list) or not parts:
+        raise PayloadError("multipart form without parts")
+    fields: dict[str, str] = {}
+    files: list[dict[str, Any]] = []
+    for part in parts:
+        if not isinstance(part, Message):
+            continue
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True)
+        data = data if isinstance(data, bytes) else b""
+        filename = part.get_filename()
+        if filename is None:
+            charset = part.get_content_charset() or "utf-8"
+            fields[name] = data.decode(charset, errors="replace")
+        else:
+            files.append(
+                {
+                    "field": name,
+                    "filename": filename,
+                    "content_type": part.get_content_type(),
+                    "content": base64.b64encode(data).decode(),
+                }
+            )
+    return {"fields": fields, "files": files}
