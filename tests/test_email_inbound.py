@@ -339,3 +339,60 @@ def test_http_mailgun_post_and_its_replay(client, make_account):
     unsigned = body.replace(b"tok-http", b"tok-other")
     answer = client.post(f"/webhooks/{inbox}", content=unsigned, headers={"Content-Type": kind})
     assert answer.status_code == 401
+
+
+# SendGrid ------------------------------------------------------------------------------------
+
+URL_SECRET = {"url_secret": "sg-s3cret"}
+
+
+def sendgrid_form(name: str) -> tuple[bytes, str]:
+    """The fixture as Inbound Parse posts it: each field in the charset ``charsets`` names."""
+    fixture = json.loads((FIXTURES / "sendgrid" / name).read_text())
+    charsets = json.loads(fixture["fields"].get("charsets", "{}"))
+    boundary = "xYzZY"
+    out = b""
+    for key, value in fixture["fields"].items():
+        encoding = charsets.get(key, "utf-8") if key in fixture["charset_fields"] else "utf-8"
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'.encode()
+            + value.encode(encoding)
+            + b"\r\n"
+        )
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_sendgrid_url_secret_or_basic_auth():
+    adapter = adapter_for("sendgrid")
+    ok = WebhookRequest(method="POST", url="u", headers={}, query={"secret": "sg-s3cret"}, body=b"")
+    adapter.verify(ok, URL_SECRET, time.time())
+    wrong = WebhookRequest(method="POST", url="u", headers={}, query={"secret": "x"}, body=b"")
+    with pytest.raises(SignatureError):
+        adapter.verify(wrong, URL_SECRET, time.time())
+    adapter.verify(request(b"", authorization=basic("postmark", "pm-s3cret")), BASIC, time.time())
+    with pytest.raises(SignatureError):
+        adapter.verify(request(b"", authorization=basic("postmark", "no")), BASIC, time.time())
+    with pytest.raises(SignatureError, match="neither"):
+        adapter.verify(ok, {}, time.time())
+
+
+def test_sendgrid_parsed_mode_honours_the_declared_charsets():
+    body, kind = sendgrid_form("parsed.json")
+    m = normalized("sendgrid", body, {"content-type": kind})
+    assert m.external_id == "mid:sg-parsed-1@example.pt"
+    assert m.thread_refs == ["out-5.2@acme.test"]
+    email = m.headers["email"]
+    assert email["subject"] == "Re: Fatura em atraso"
+    assert email["from_"]["name"] == "José Gonçalves"
+    assert email["visible_text"] == "Já paguei por referência."
+    assert email["html"] == "<p>Já paguei por referência.</p>"
+
+
+def test_sendgrid_raw_mode_is_the_whole_mail():
+    body, kind = sendgrid_form("raw.json")
+    m = normalized("sendgrid", body, {"content-type": kind})
+    assert m.external_id == "mid:att-1@example.com"
+    assert [a["filename"] for a in m.headers["email"]["attachments"]] == [
+        "photo.png",
+        "fatura nº 42.pdf",
+    ]

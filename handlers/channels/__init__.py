@@ -7,12 +7,14 @@ from handlers.channels.generic import GenericAdapter
 from handlers.channels.mailgun import MailgunAdapter
 from handlers.channels.postmark import PostmarkAdapter
 from handlers.channels.rfc822 import Rfc822Adapter
+from handlers.channels.sendgrid import SendGridAdapter
 
 REGISTRY: dict[str, ChannelAdapter] = {
     "generic": GenericAdapter(),
     "mailgun": MailgunAdapter(),
     "postmark": PostmarkAdapter(),
     "rfc822": Rfc822Adapter(),
+    "sendgrid": SendGridAdapter(),
 }
 
 

@@ -7,6 +7,7 @@ with their bytes base64-encoded. The stdlib's MIME parser reads multipart bodies
 from __future__ import annotations
 
 import base64
+import json
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -36,7 +37,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
     parts = message.get_payload()
     if not isinstance(parts, list) or not parts:
         raise PayloadError("multipart form without parts")
-    fields: dict[str, str] = {}
+    raw_fields: dict[str, tuple[bytes, str | None]] = {}
     files: list[dict[str, Any]] = []
     for part in parts:
         if not isinstance(part, Message):
@@ -48,8 +49,7 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
         data = data if isinstance(data, bytes) else b""
         filename = part.get_filename()
         if filename is None:
-            charset = part.get_content_charset() or "utf-8"
-            fields[name] = data.decode(charset, errors="replace")
+            raw_fields[name] = (data, part.get_content_charset())
         else:
             files.append(
                 {
@@ -59,4 +59,36 @@ def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
                     "content": base64.b64encode(data).decode(),
                 }
             )
+    charsets = _charsets(raw_fields)
+    fields = {
+        name: _text(data, charsets.get(name) or declared)
+        for name, (data, declared) in raw_fields.items()
+    }
     return {"fields": fields, "files": files}
+
+
+def _charsets(raw_fields: dict[str, tuple[bytes, str | None]]) -> dict[str, str]:
+    """SendGrid's ``charsets`` field: the charset of each other field, as JSON."""
+    try:
+        found = json.loads(raw_fields.get("charsets", (b"{}", None))[0] or b"{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _text(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8")
+    except (LookupError, ValueError):
+        return data.decode("utf-8", errors="replace")
+
+
+def form_attachment(f: dict[str, Any]) -> tuple[str, str, bytes, str | None, bool]:
+    """A file of ``parse_form`` as the email parser takes attachments."""
+    return (
+        str(f.get("filename") or "attachment"),
+        str(f.get("content_type") or "application/octet-stream"),
+        base64.b64decode(f.get("content", "")),
+        None,
+        False,
+    )

@@ -12,7 +12,6 @@ is answered 2xx and stores nothing).
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -27,7 +26,7 @@ from handlers.channels.base import (
     constant_time_equal,
     hmac_sha256_hex,
 )
-from handlers.channels.forms import parse_form
+from handlers.channels.forms import form_attachment, parse_form
 from handlers.email.parse import UnparseableEmail, from_parts, parse_raw
 from schemas.inbound import InboundMessage
 
@@ -85,7 +84,7 @@ class MailgunAdapter:
                     headers=_headers(fields),
                     text=fields.get("body-plain"),
                     html=fields.get("body-html"),
-                    attachments=[_attachment(f) for f in payload.get("files", [])],
+                    attachments=[form_attachment(f) for f in payload.get("files", [])],
                 )
         except UnparseableEmail as exc:
             raise PayloadError(f"unparseable mail: {exc}") from None
@@ -112,13 +111,3 @@ def _headers(fields: Mapping[str, str]) -> list[tuple[str, str]]:
         if name.lower() not in present and fields.get(field):
             headers.append((name, fields[field]))
     return headers
-
-
-def _attachment(f: Mapping[str, Any]) -> tuple[str, str, bytes, str | None, bool]:
-    return (
-        str(f.get("filename") or "attachment"),
-        str(f.get("content_type") or "application/octet-stream"),
-        base64.b64decode(f.get("content", "")),
-        None,
-        False,
-    )
