@@ -117,6 +117,10 @@ def db(migrated: None) -> Iterator[None]:
         else:
             for table in reversed(Base.metadata.sorted_tables):
                 session.execute(delete(table))
+    # Ids are reused from test to test; the ingress's inbox cache must not outlive the rows.
+    from api import webhooks
+
+    webhooks._inboxes.clear()
     yield
 
 

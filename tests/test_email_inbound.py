@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api import webhooks
 from api.app import create_app
 from api.webhooks import Ingress
 from handlers import pipeline
@@ -181,7 +180,6 @@ def test_one_mail_through_two_providers_is_one_message_and_replies_join_it(make_
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    webhooks._inboxes.clear()  # ids are reused from test to test; the ingress caches inboxes
     with TestClient(Ingress(create_app())) as c:
         yield c
 

@@ -11,12 +11,16 @@ Adding a provider is one module here, one schema in schemas/, one line in the re
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
+
+from pydantic import ValidationError
 
 from schemas.inbound import InboundMessage
 
@@ -78,3 +82,24 @@ def constant_time_equal(a: str, b: str) -> bool:
 
 def hmac_sha256_hex(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def check_basic_auth(request: WebhookRequest, user: object, password: object) -> None:
+    """HTTP basic auth against the inbox's credentials, in constant time."""
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        given = ""
+    given_user, _, given_password = given.partition(":")
+    ok_user = constant_time_equal(given_user, str(user))
+    ok_password = constant_time_equal(given_password, str(password))
+    if scheme.lower() != "basic" or not (ok_user and ok_password):
+        raise SignatureError("missing or wrong basic auth credentials")
+
+
+def describe(exc: ValidationError) -> str:
+    """A pydantic error as one line: ``field.path: problem; …``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+    )

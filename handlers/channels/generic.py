@@ -20,6 +20,7 @@ from handlers.channels.base import (
     SignatureError,
     WebhookRequest,
     constant_time_equal,
+    describe,
     hmac_sha256_hex,
 )
 from schemas.inbound import GenericWebhook, InboundMessage
@@ -65,7 +66,7 @@ class GenericAdapter:
         try:
             body = GenericWebhook.model_validate_json(request.body)
         except ValidationError as exc:
-            raise PayloadError(_describe(exc)) from None
+            raise PayloadError(describe(exc)) from None
         return Accepted(payloads=[body.model_dump(mode="json")])
 
     def normalize(
@@ -74,7 +75,7 @@ class GenericAdapter:
         try:
             body = GenericWebhook.model_validate(payload)
         except ValidationError as exc:
-            raise PayloadError(_describe(exc)) from None
+            raise PayloadError(describe(exc)) from None
         if body.inbox is not None and body.inbox != inbox_id:
             raise PayloadError(
                 f"body names inbox {body.inbox}, URL inbox {inbox_id}", field="inbox"
@@ -90,9 +91,3 @@ class GenericAdapter:
                 received_at=received_at,
             )
         ]
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from handlers.channels.base import PayloadError
+from handlers.email.parse import UnparseableEmail
 from schemas.email import ParsedEmail
 from schemas.inbound import InboundMessage
 
@@ -73,6 +76,33 @@ def to_inbound(
         reply_token=reply_token(parsed),
         automatic=parsed.auto_submitted or parsed.bounce,
     )
+
+
+def one_message(
+    parse: Callable[[], tuple[ParsedEmail, list[bytes]]],
+    *,
+    inbox_id: int,
+    received_at: datetime,
+    provider: str,
+    provider_id: str | None,
+    fallback_id: bytes,
+) -> list[InboundMessage]:
+    """What an email adapter's ``normalize`` returns: the mail ``parse`` reads, as one message;
+    a mail with nothing usable in it is a ``PayloadError`` (the worker dead-letters it)."""
+    try:
+        parsed, _contents = parse()
+    except UnparseableEmail as exc:
+        raise PayloadError(f"unparseable mail: {exc}") from None
+    return [
+        to_inbound(
+            parsed,
+            inbox_id=inbox_id,
+            received_at=received_at,
+            provider=provider,
+            provider_id=provider_id,
+            fallback_id=fallback_id,
+        )
+    ]
 
 
 def _kept(parsed: ParsedEmail, provider: str, provider_id: str | None) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from handlers.channels.base import (
     hmac_sha256_hex,
 )
 from handlers.channels.forms import form_attachment, parse_form
-from handlers.email.parse import UnparseableEmail, from_parts, parse_raw
+from handlers.email.parse import from_parts, parse_raw
+from schemas.email import ParsedEmail
 from schemas.inbound import InboundMessage
 
 
@@ -75,29 +76,25 @@ class MailgunAdapter:
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
     ) -> list[InboundMessage]:
         fields: dict[str, str] = payload.get("fields", {})
-        try:
+
+        def parse() -> tuple[ParsedEmail, list[bytes]]:
             if "body-mime" in fields:
-                raw = fields["body-mime"].encode("utf-8", "surrogateescape")
-                parsed, _contents = parse_raw(raw)
-            else:
-                parsed, _contents = from_parts(
-                    headers=_headers(fields),
-                    text=fields.get("body-plain"),
-                    html=fields.get("body-html"),
-                    attachments=[form_attachment(f) for f in payload.get("files", [])],
-                )
-        except UnparseableEmail as exc:
-            raise PayloadError(f"unparseable mail: {exc}") from None
-        return [
-            mail.to_inbound(
-                parsed,
-                inbox_id=inbox_id,
-                received_at=received_at,
-                provider=self.name,
-                provider_id=fields.get("token"),
-                fallback_id=json.dumps(fields, sort_keys=True).encode(),
+                return parse_raw(fields["body-mime"].encode("utf-8", "surrogateescape"))
+            return from_parts(
+                headers=_headers(fields),
+                text=fields.get("body-plain"),
+                html=fields.get("body-html"),
+                attachments=[form_attachment(f) for f in payload.get("files", [])],
             )
-        ]
+
+        return mail.one_message(
+            parse,
+            inbox_id=inbox_id,
+            received_at=received_at,
+            provider=self.name,
+            provider_id=fields.get("token"),
+            fallback_id=json.dumps(fields, sort_keys=True).encode(),
+        )
 
 
 def _headers(fields: Mapping[str, str]) -> list[tuple[str, str]]:

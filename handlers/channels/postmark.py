@@ -26,17 +26,13 @@ from handlers.channels.base import (
     PayloadError,
     SignatureError,
     WebhookRequest,
-    constant_time_equal,
+    check_basic_auth,
+    describe,
 )
-from handlers.email.parse import UnparseableEmail, from_parts, parse_raw
+from handlers.email.parse import from_parts, parse_raw
+from schemas.email import ParsedEmail
 from schemas.inbound import InboundMessage
 from schemas.postmark import PostmarkAddress, PostmarkInbound
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
-    )
 
 
 def _addresses(items: list[PostmarkAddress]) -> str:
@@ -51,22 +47,13 @@ class PostmarkAdapter:
         user, password = secrets.get("basic_username"), secrets.get("basic_password")
         if not user or not password:
             raise SignatureError("inbox has no basic_username / basic_password configured")
-        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-        try:
-            given = base64.b64decode(encoded.strip(), validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
-            given = ""
-        given_user, _, given_password = given.partition(":")
-        ok_user = constant_time_equal(given_user, str(user))
-        ok_password = constant_time_equal(given_password, str(password))
-        if scheme.lower() != "basic" or not (ok_user and ok_password):
-            raise SignatureError("missing or wrong basic auth credentials")
+        check_basic_auth(request, user, password)
 
     def accept(self, request: WebhookRequest) -> Accepted:
         try:
             body = PostmarkInbound.model_validate_json(request.body)
         except ValidationError as exc:
-            raise PayloadError(_describe(exc)) from None
+            raise PayloadError(describe(exc)) from None
         return Accepted(payloads=[body.model_dump(mode="json", by_alias=True)])
 
     def normalize(
@@ -75,39 +62,35 @@ class PostmarkAdapter:
         try:
             body = PostmarkInbound.model_validate(payload)
         except ValidationError as exc:
-            raise PayloadError(_describe(exc)) from None
-        try:
+            raise PayloadError(describe(exc)) from None
+
+        def parse() -> tuple[ParsedEmail, list[bytes]]:
             if body.raw_email:
-                raw = body.raw_email.encode("utf-8", "surrogateescape")
-                parsed, _contents = parse_raw(raw)
-            else:
-                parsed, _contents = from_parts(
-                    headers=self._headers(body),
-                    text=body.text_body or None,
-                    html=body.html_body or None,
-                    attachments=[
-                        (
-                            a.name,
-                            a.content_type,
-                            _b64(a.content),
-                            (a.content_id or None),
-                            bool(a.content_id),
-                        )
-                        for a in body.attachments
-                    ],
-                )
-        except UnparseableEmail as exc:
-            raise PayloadError(f"unparseable mail: {exc}") from None
-        return [
-            mail.to_inbound(
-                parsed,
-                inbox_id=inbox_id,
-                received_at=received_at,
-                provider=self.name,
-                provider_id=body.message_id,
-                fallback_id=body.message_id.encode(),
+                return parse_raw(body.raw_email.encode("utf-8", "surrogateescape"))
+            return from_parts(
+                headers=self._headers(body),
+                text=body.text_body or None,
+                html=body.html_body or None,
+                attachments=[
+                    (
+                        a.name,
+                        a.content_type,
+                        _b64(a.content),
+                        a.content_id or None,
+                        bool(a.content_id),
+                    )
+                    for a in body.attachments
+                ],
             )
-        ]
+
+        return mail.one_message(
+            parse,
+            inbox_id=inbox_id,
+            received_at=received_at,
+            provider=self.name,
+            provider_id=body.message_id,
+            fallback_id=body.message_id.encode(),
+        )
 
     @staticmethod
     def _headers(body: PostmarkInbound) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from handlers.channels.base import (
     WebhookRequest,
     constant_time_equal,
 )
-from handlers.email.parse import UnparseableEmail, parse_raw
+from handlers.email.parse import parse_raw
 from schemas.inbound import InboundMessage
 
 CONTENT_TYPES = ("message/rfc822", "application/octet-stream", "text/plain")
@@ -57,17 +57,11 @@ class Rfc822Adapter:
             raw = base64.b64decode(payload["raw"], validate=True)
         except (KeyError, TypeError, binascii.Error) as exc:
             raise PayloadError(f"payload has no base64 'raw' mail: {exc}") from None
-        try:
-            parsed, _contents = parse_raw(raw)
-        except UnparseableEmail as exc:
-            raise PayloadError(f"unparseable mail: {exc}") from None
-        return [
-            mail.to_inbound(
-                parsed,
-                inbox_id=inbox_id,
-                received_at=received_at,
-                provider=self.name,
-                provider_id=None,
-                fallback_id=raw,
-            )
-        ]
+        return mail.one_message(
+            lambda: parse_raw(raw),
+            inbox_id=inbox_id,
+            received_at=received_at,
+            provider=self.name,
+            provider_id=None,
+            fallback_id=raw,
+        )

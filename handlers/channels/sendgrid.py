@@ -11,8 +11,6 @@ webhook URL then ends in ``?secret=<url_secret>``) or ``basic_username`` / ``bas
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from email.parser import HeaderParser
@@ -25,10 +23,12 @@ from handlers.channels.base import (
     PayloadError,
     SignatureError,
     WebhookRequest,
+    check_basic_auth,
     constant_time_equal,
 )
 from handlers.channels.forms import form_attachment, parse_form
-from handlers.email.parse import UnparseableEmail, from_parts, parse_raw
+from handlers.email.parse import from_parts, parse_raw
+from schemas.email import ParsedEmail
 from schemas.inbound import InboundMessage
 
 
@@ -44,18 +44,8 @@ class SendGridAdapter:
                 return
             raise SignatureError("missing or wrong ?secret= in the webhook URL")
         if user and password:
-            scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-            try:
-                given = base64.b64decode(encoded.strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                given = ""
-            given_user, _, given_password = given.partition(":")
-            ok = constant_time_equal(given_user, str(user)) & constant_time_equal(
-                given_password, str(password)
-            )
-            if scheme.lower() == "basic" and ok:
-                return
-            raise SignatureError("missing or wrong basic auth credentials")
+            check_basic_auth(request, user, password)
+            return
         raise SignatureError("inbox has neither url_secret nor basic_username/basic_password")
 
     def accept(self, request: WebhookRequest) -> Accepted:
@@ -69,27 +59,23 @@ class SendGridAdapter:
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
     ) -> list[InboundMessage]:
         fields: dict[str, str] = payload.get("fields", {})
-        try:
+
+        def parse() -> tuple[ParsedEmail, list[bytes]]:
             if "email" in fields:
-                raw = fields["email"].encode("utf-8", "surrogateescape")
-                parsed, _contents = parse_raw(raw)
-            else:
-                block = HeaderParser(policy=compat32).parsestr(fields.get("headers", ""))
-                parsed, _contents = from_parts(
-                    headers=[(n, str(v)) for n, v in block.raw_items()],
-                    text=fields.get("text"),
-                    html=fields.get("html"),
-                    attachments=[form_attachment(f) for f in payload.get("files", [])],
-                )
-        except UnparseableEmail as exc:
-            raise PayloadError(f"unparseable mail: {exc}") from None
-        return [
-            mail.to_inbound(
-                parsed,
-                inbox_id=inbox_id,
-                received_at=received_at,
-                provider=self.name,
-                provider_id=None,
-                fallback_id=(fields.get("email") or fields.get("headers", "")).encode(),
+                return parse_raw(fields["email"].encode("utf-8", "surrogateescape"))
+            block = HeaderParser(policy=compat32).parsestr(fields.get("headers", ""))
+            return from_parts(
+                headers=[(n, str(v)) for n, v in block.raw_items()],
+                text=fields.get("text"),
+                html=fields.get("html"),
+                attachments=[form_attachment(f) for f in payload.get("files", [])],
             )
-        ]
+
+        return mail.one_message(
+            parse,
+            inbox_id=inbox_id,
+            received_at=received_at,
+            provider=self.name,
+            provider_id=None,
+            fallback_id=(fields.get("email") or fields.get("headers", "")).encode(),
+        )
