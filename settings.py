@@ -41,6 +41,10 @@ class Settings(BaseSettings):
         default="dev-admin-token", description="Bearer token of the admin API."
     )
     webhook_tolerance_seconds: int = 300
+    # Amazon SNS: where signing certificates may come from (host names, regular expressions),
+    # and how old a signed message may be (SNS retries for up to an hour by default policy).
+    sns_cert_hosts: list[str] = [r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?"]
+    sns_max_age_s: int = 3600
     max_body_bytes: int = 25 * 1024 * 1024
 
     # Ingress: deliveries are grouped into one broker message per batch (see api/batcher.py).

@@ -8,6 +8,7 @@ from handlers.channels.mailgun import MailgunAdapter
 from handlers.channels.postmark import PostmarkAdapter
 from handlers.channels.rfc822 import Rfc822Adapter
 from handlers.channels.sendgrid import SendGridAdapter
+from handlers.channels.ses import SesAdapter
 
 REGISTRY: dict[str, ChannelAdapter] = {
     "generic": GenericAdapter(),
@@ -15,6 +16,7 @@ REGISTRY: dict[str, ChannelAdapter] = {
     "postmark": PostmarkAdapter(),
     "rfc822": Rfc822Adapter(),
     "sendgrid": SendGridAdapter(),
+    "ses": SesAdapter(),
 }
 
 

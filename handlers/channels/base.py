@@ -43,6 +43,12 @@ class PayloadError(WebhookError):
     status = 422
 
 
+class Forbidden(WebhookError):
+    """Authentic, but not for this inbox (an SNS topic it does not subscribe to, say)."""
+
+    status = 403
+
+
 @dataclass(frozen=True)
 class WebhookRequest:
     method: str
