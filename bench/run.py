@@ -6,7 +6,8 @@ over keep-alive HTTP connections from a separate load process, like a provider w
 - ingress: accepted webhooks/s with no worker running (each 202 means durably queued);
 - end-to-end: messages/s from the first webhook sent to the last message committed in the store,
   with 1 and then 2 worker processes, on Redis + PostgreSQL;
-- the same end-to-end pipeline on the embedded default (SQLite store, SQLite broker).
+- the same end-to-end pipeline on the embedded default (SQLite store, SQLite broker);
+- email parsing and threading throughput on a generated corpus (bench/email_corpus.py).
 
 Redis + PostgreSQL come from ``CELERY_BROKER_URL`` / ``DATABASE_URL`` (default: the local
 servers). The run uses a database and a Redis db number of its own and drops them at the end.
@@ -345,6 +346,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20000, help="webhooks per measurement")
     parser.add_argument("--embedded-n", type=int, default=5000)
+    parser.add_argument("--mails", type=int, default=3000, help="generated mails to parse")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-embedded", action="store_true")
     args = parser.parse_args()
@@ -374,6 +376,31 @@ def main() -> None:
                     )
                 )
                 print(rows[-1], flush=True)
+                mails = subprocess.run(
+                    [sys.executable, str(ROOT / "bench" / "email_corpus.py"), str(args.mails)],
+                    env=env,
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                figures = json.loads(mails.stdout.strip().splitlines()[-1])
+                rows.append(
+                    (
+                        "email parsing: raw mails → normalized messages/s, 1 process",
+                        f"{figures['parse_per_s']:,.0f}",
+                        f"{args.mails}",
+                    )
+                )
+                rows.append(
+                    (
+                        "email threading: messages/s stored by reference in batches of 200, "
+                        "PostgreSQL",
+                        f"{figures['thread_per_s']:,.0f}",
+                        f"{args.mails}",
+                    )
+                )
+                print(*rows[-2:], sep="\n", flush=True)
                 for workers in (1, 2):
                     rate, cpu = measure_end_to_end(p, workers, args.n, f"e2e{workers}", None)
                     notes.append(cpu_line(f"{workers} worker process(es), Redis + PostgreSQL", cpu))

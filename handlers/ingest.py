@@ -103,21 +103,35 @@ def _follow_references(session: Session, msgs: list[InboundMessage]) -> list[Inb
             )
         ).all()
         by_token = {r.id: (r.inbox_id, r.thread_key) for r in token_rows}
-    resolved: dict[tuple[int, str], InboundMessage] = {}
-    for m in sorted(msgs, key=lambda m: m.sent_at):  # a reply may answer an earlier one here
-        key = next(
-            (
-                known.get(k) or (resolved[k].effective_thread_key if k in resolved else None)
-                for k in ((m.inbox_id, ref_key(r)) for r in m.thread_refs)
-                if k in known or k in resolved
-            ),
-            None,
-        )
+    in_batch = {(m.inbox_id, m.external_id): m for m in msgs}
+    keys: dict[tuple[int, str], str] = {}
+
+    def key_of(m: InboundMessage, seen: frozenset[tuple[int, str]]) -> str:
+        """The thread key ``m`` ends up with; a parent in this batch is resolved first,
+        whatever the order of arrival or of the mails' Date headers."""
+        own = (m.inbox_id, m.external_id)
+        if own in keys:
+            return keys[own]
+        key = None
+        for ref in m.thread_refs:
+            k = (m.inbox_id, ref_key(ref))
+            if k in known:
+                key = known[k]
+            elif k in in_batch and k not in seen:
+                key = key_of(in_batch[k], seen | {own})
+            if key is not None:
+                break
         if key is None and m.reply_token in by_token:
             token_inbox, token_key = by_token[m.reply_token]
             key = token_key if token_inbox == m.inbox_id else None  # never across inboxes
+        keys[own] = key if key is not None else m.effective_thread_key
+        return keys[own]
+
+    resolved = {}
+    for m in msgs:
+        key = key_of(m, frozenset())
         resolved[(m.inbox_id, m.external_id)] = (
-            m if key is None else m.model_copy(update={"thread_key": key})
+            m if key == m.effective_thread_key else m.model_copy(update={"thread_key": key})
         )
     return [resolved[(m.inbox_id, m.external_id)] for m in msgs]
 

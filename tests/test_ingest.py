@@ -325,3 +325,13 @@ def test_a_late_message_never_moves_last_message_at_back(make_account):
     with reading() as session:
         last = session.scalar(select(Conversation.last_message_at).where(Conversation.id == conv))
     assert last is not None and last.replace(tzinfo=at(0).tzinfo) == at(50)
+
+
+def test_a_reply_dated_before_its_parent_in_the_same_batch_still_joins_it(make_account):
+    acct = make_account()
+    # Clock skew: the reply's Date is earlier than the mail it answers; both arrive together.
+    parent = mail(acct["inbox"], "p@x", sent=50)
+    child = mail(acct["inbox"], "c@x", refs=("p@x",), sent=10)
+    grandchild = mail(acct["inbox"], "g@x", refs=("c@x",), sent=5)
+    outcomes = store(grandchild, child, parent)
+    assert len({o.conversation_id for o in outcomes}) == 1
