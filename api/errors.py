@@ -56,7 +56,9 @@ def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         message = "; ".join(f"{d['field']}: {d['problem']}" for d in details)
         return 422, body("invalid_request", message, details), {}
     if isinstance(exc, WebhookError):
-        error = {401: "bad_signature", 403: "forbidden", 413: "too_large"}.get(exc.status, "invalid_payload")
+        error = {401: "bad_signature", 403: "forbidden", 413: "too_large"}.get(
+            exc.status, "invalid_payload"
+        )
         field = [{"field": exc.field, "problem": str(exc)}] if exc.field else None
         return exc.status, body(error, str(exc), field), {}
     if isinstance(exc, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):

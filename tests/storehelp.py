@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from handlers import ingest, pipeline
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
 from store.db import reading, transaction
 from store.models import Conversation, Ticket
+
+P = TypeVar("P")
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -84,3 +88,43 @@ def state(conversation_ids: list[int]) -> dict[str, Any]:
                 (t.id, t.status, t.owner_id, t.location, t.removed_by) for t in tickets
             ),
         }
+
+
+def count(model: Any, *where: Any) -> int:
+    with reading() as session:
+        return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def new_ticket(acct: dict[str, int], conv: int, change_id: str, seconds: float = 10.0) -> int:
+    result = run(change(change_id, acct["account"], c.CreateTicket(conversation_id=conv), seconds))
+    assert result["outcome"] == "applied", result
+    return int(result["ticket_id"])
+
+
+def ticket_of_two(acct: dict[str, int], associated_at: float = 20.0) -> tuple[int, int, int]:
+    """Conversations ``a`` and ``b``, a ticket for ``a`` (t=10), ``b`` joined to it: their ids."""
+    first, second = conversation(acct["inbox"], "a"), conversation(acct["inbox"], "b")
+    ticket = new_ticket(acct, first, "create")
+    joined = c.AssociateConversation(ticket_id=ticket, conversation_id=second)
+    run(change("assoc", acct["account"], joined, associated_at))
+    return first, second, ticket
+
+
+def in_threads(work: Callable[[P], None], parts: Sequence[P]) -> list[BaseException]:
+    """Run ``work`` on each part in a thread of its own, all released at once; what they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(parts))
+
+    def run_one(part: P) -> None:
+        barrier.wait()
+        try:
+            work(part)
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run_one, args=(part,)) for part in parts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return errors

@@ -7,12 +7,10 @@ Runs on the test store: SQLite locally, PostgreSQL on CI. Changes go through
 from __future__ import annotations
 
 import random
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from handlers import pipeline
 from handlers.apply import ChangeConflict
@@ -20,20 +18,18 @@ from schemas import changes as c
 from settings import get_settings
 from store.db import reading
 from store.models import Change, Effect
-from tests.storehelp import change, conversation, run, state
+from tests.storehelp import (
+    change,
+    conversation,
+    count,
+    in_threads,
+    new_ticket,
+    run,
+    state,
+    ticket_of_two,
+)
 
 HELPDESK_ACCOUNT = ("enterprise", datetime(2025, 1, 1, tzinfo=UTC))
-
-
-def count(model: Any, *where: Any) -> int:
-    with reading() as session:
-        return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
-
-
-def new_ticket(acct: dict[str, int], conv: int, change_id: str, seconds: float = 10.0) -> int:
-    result = run(change(change_id, acct["account"], c.CreateTicket(conversation_id=conv), seconds))
-    assert result["outcome"] == "applied", result
-    return int(result["ticket_id"])
 
 
 def test_the_same_change_three_times_applies_once_and_returns_the_first_result(make_account):
@@ -99,16 +95,7 @@ def test_a_stale_change_does_not_overwrite_a_newer_one(make_account):
 
 def test_a_propagated_change_does_not_echo(make_account):
     acct = make_account()
-    first, second = conversation(acct["inbox"], "a"), conversation(acct["inbox"], "b")
-    ticket = new_ticket(acct, first, "create")
-    run(
-        change(
-            "assoc",
-            acct["account"],
-            c.AssociateConversation(ticket_id=ticket, conversation_id=second),
-            20,
-        )
-    )
+    first, second, ticket = ticket_of_two(acct)
     result = run(
         change("close", acct["account"], c.SetTicketStatus(ticket_id=ticket, status="closed"), 30)
     )
@@ -248,16 +235,7 @@ def test_the_same_changes_in_shuffled_orders_reach_one_end_state(make_account):
 
 def test_two_threads_racing_on_one_ticket_converge(make_account):
     acct = make_account()
-    first, second = conversation(acct["inbox"], "a"), conversation(acct["inbox"], "b")
-    ticket = new_ticket(acct, first, "create")
-    run(
-        change(
-            "assoc",
-            acct["account"],
-            c.AssociateConversation(ticket_id=ticket, conversation_id=second),
-            15,
-        )
-    )
+    first, second, ticket = ticket_of_two(acct, associated_at=15)
     owners = [acct["owner"], acct["owner2"]]
     statuses = ["closed", "waiting_on_us", "waiting_on_contact", "closed"]
     work: list[list[dict[str, Any]]] = [[], []]
@@ -281,24 +259,13 @@ def test_two_threads_racing_on_one_ticket_converge(make_account):
     )
     for part in work:
         part.insert(len(part) // 2, shared)
-    errors: list[BaseException] = []
     results: list[dict[str, Any]] = []
-    barrier = threading.Barrier(2)
 
     def worker(envelopes: list[dict[str, Any]]) -> None:
-        barrier.wait()
-        try:
-            for envelope in envelopes:
-                results.append(run(envelope))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for envelope in envelopes:
+            results.append(run(envelope))
 
-    threads = [threading.Thread(target=worker, args=(part,)) for part in work]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not errors
+    assert in_threads(worker, work) == []
     assert count(Change, Change.id.like("race-%")) == 41
     assert sum(1 for r in results if r["change_id"] == "race-shared" and not r["duplicate"]) == 1
     s = state([first, second])

@@ -3,22 +3,27 @@ deliveries a worker stores (handlers/pipeline.py). SQLite locally, PostgreSQL on
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from handlers import pipeline
 from schemas import changes as c
 from schemas.inbound import InboundMessage
 from store.db import reading
 from store.models import Conversation, DeadLetter, Delivery, Message
-from tests.storehelp import at, change, conversation, inbound, run, state, store
-
-
-def count(model: Any, *where: Any) -> int:
-    with reading() as session:
-        return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+from tests.storehelp import (
+    at,
+    change,
+    conversation,
+    count,
+    in_threads,
+    inbound,
+    run,
+    state,
+    store,
+    ticket_of_two,
+)
 
 
 def generic(external_id: str, **fields: Any) -> dict[str, Any]:
@@ -87,18 +92,7 @@ def test_without_a_thread_key_messages_thread_by_sender(make_account):
 
 def test_a_message_on_a_closed_conversation_reopens_it_and_S2_holds(make_account):
     acct = make_account()
-    first, second = conversation(acct["inbox"], "a"), conversation(acct["inbox"], "b")
-    ticket = run(change("create", acct["account"], c.CreateTicket(conversation_id=first), 10))[
-        "ticket_id"
-    ]
-    run(
-        change(
-            "assoc",
-            acct["account"],
-            c.AssociateConversation(ticket_id=ticket, conversation_id=second),
-            20,
-        )
-    )
+    first, second, ticket = ticket_of_two(acct)
     run(change("close", acct["account"], c.SetTicketStatus(ticket_id=ticket, status="closed"), 30))
     outcome = store(inbound(acct["inbox"], "again", thread="a", sent=40))[0]
     assert outcome.conversation_id == first
@@ -215,23 +209,12 @@ def test_concurrent_workers_store_each_message_once_and_one_conversation_per_thr
     payloads = [generic(f"m{i}", thread_key=f"t{i % 7}") for i in range(120)]
     # Two providers' retries overlap: each worker gets every message, in its own order.
     batches = [deliveries(acct["inbox"], *payloads), deliveries(acct["inbox"], *payloads[::-1])]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(batches))
 
     def work(batch: list[dict[str, Any]]) -> None:
-        barrier.wait()
-        try:
-            for start in range(0, len(batch), 15):
-                pipeline.ingest_deliveries(batch[start : start + 15], None)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        for start in range(0, len(batch), 15):
+            pipeline.ingest_deliveries(batch[start : start + 15], None)
 
-    threads = [threading.Thread(target=work, args=(b,)) for b in batches]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not errors
+    assert in_threads(work, batches) == []
     assert count(Message) == 120
     assert count(Conversation) == 7
     assert count(Delivery) == 0

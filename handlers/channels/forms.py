@@ -2,12 +2,14 @@
 
 ``parse_form`` turns a body into JSON-safe data for the journal: text fields by name, and files
 with their bytes base64-encoded. The stdlib's MIME parser reads multipart bodies: a form is MIME.
+``form_mail`` reads the mail back out of that data in the worker.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -15,6 +17,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from handlers.channels.base import PayloadError
+from handlers.email.parse import from_parts, parse_raw
+from schemas.email import ParsedEmail
 
 
 def parse_form(content_type: str, body: bytes) -> dict[str, Any]:
@@ -83,8 +87,28 @@ def _text(data: bytes, charset: str | None) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def form_attachment(f: dict[str, Any]) -> tuple[str, str, bytes, str | None, bool]:
-    """A file of ``parse_form`` as the email parser takes attachments."""
+def form_mail(
+    payload: dict[str, Any],
+    *,
+    raw_field: str,
+    headers: Callable[[dict[str, str]], list[tuple[str, str]]],
+    text_field: str,
+    html_field: str,
+) -> tuple[ParsedEmail, list[bytes]]:
+    """The mail in a ``parse_form`` payload: the whole MIME message in ``raw_field`` if the
+    provider posted it raw, else the parts it split out (headers, text, HTML, files)."""
+    fields: dict[str, str] = payload.get("fields", {})
+    if raw_field in fields:
+        return parse_raw(fields[raw_field].encode("utf-8", "surrogateescape"))
+    return from_parts(
+        headers=headers(fields),
+        text=fields.get(text_field),
+        html=fields.get(html_field),
+        attachments=[_attachment(f) for f in payload.get("files", [])],
+    )
+
+
+def _attachment(f: dict[str, Any]) -> tuple[str, str, bytes, str | None, bool]:
     return (
         str(f.get("filename") or "attachment"),
         str(f.get("content_type") or "application/octet-stream"),

@@ -26,9 +26,7 @@ from handlers.channels.base import (
     constant_time_equal,
     hmac_sha256_hex,
 )
-from handlers.channels.forms import form_attachment, parse_form
-from handlers.email.parse import from_parts, parse_raw
-from schemas.email import ParsedEmail
+from handlers.channels.forms import form_mail, parse_form
 from schemas.inbound import InboundMessage
 
 
@@ -76,19 +74,14 @@ class MailgunAdapter:
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
     ) -> list[InboundMessage]:
         fields: dict[str, str] = payload.get("fields", {})
-
-        def parse() -> tuple[ParsedEmail, list[bytes]]:
-            if "body-mime" in fields:
-                return parse_raw(fields["body-mime"].encode("utf-8", "surrogateescape"))
-            return from_parts(
-                headers=_headers(fields),
-                text=fields.get("body-plain"),
-                html=fields.get("body-html"),
-                attachments=[form_attachment(f) for f in payload.get("files", [])],
-            )
-
         return mail.one_message(
-            parse,
+            lambda: form_mail(
+                payload,
+                raw_field="body-mime",
+                headers=_headers,
+                text_field="body-plain",
+                html_field="body-html",
+            ),
             inbox_id=inbox_id,
             received_at=received_at,
             provider=self.name,

@@ -26,9 +26,7 @@ from handlers.channels.base import (
     check_basic_auth,
     constant_time_equal,
 )
-from handlers.channels.forms import form_attachment, parse_form
-from handlers.email.parse import from_parts, parse_raw
-from schemas.email import ParsedEmail
+from handlers.channels.forms import form_mail, parse_form
 from schemas.inbound import InboundMessage
 
 
@@ -59,23 +57,23 @@ class SendGridAdapter:
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
     ) -> list[InboundMessage]:
         fields: dict[str, str] = payload.get("fields", {})
-
-        def parse() -> tuple[ParsedEmail, list[bytes]]:
-            if "email" in fields:
-                return parse_raw(fields["email"].encode("utf-8", "surrogateescape"))
-            block = HeaderParser(policy=compat32).parsestr(fields.get("headers", ""))
-            return from_parts(
-                headers=[(n, str(v)) for n, v in block.raw_items()],
-                text=fields.get("text"),
-                html=fields.get("html"),
-                attachments=[form_attachment(f) for f in payload.get("files", [])],
-            )
-
         return mail.one_message(
-            parse,
+            lambda: form_mail(
+                payload,
+                raw_field="email",
+                headers=_headers,
+                text_field="text",
+                html_field="html",
+            ),
             inbox_id=inbox_id,
             received_at=received_at,
             provider=self.name,
             provider_id=None,
             fallback_id=(fields.get("email") or fields.get("headers", "")).encode(),
         )
+
+
+def _headers(fields: dict[str, str]) -> list[tuple[str, str]]:
+    """Parsed mode's ``headers`` field: the mail's raw header block."""
+    block = HeaderParser(policy=compat32).parsestr(fields.get("headers", ""))
+    return [(name, str(value)) for name, value in block.raw_items()]

@@ -124,7 +124,7 @@ def _build(
                 content_type=kind or "application/octet-stream",
                 size=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
-                content_id=_ids(content_id or "")[0] if _ids(content_id or "") else content_id,
+                content_id=next(iter(_ids(content_id or "")), content_id),
                 inline=inline,
             )
         )
