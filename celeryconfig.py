@@ -49,7 +49,17 @@ task_send_sent_event = False
 worker_enable_remote_control = not _settings.is_embedded_broker
 
 # ingest: webhook deliveries; inbox / helpdesk: work on tickets and conversations, routed by
-# R1/R2 (handlers/routing.py); bulk: long jobs. Each can get its own workers.
-task_queues = [Queue("ingest"), Queue("inbox"), Queue("helpdesk"), Queue("bulk")]
+# R1/R2 (handlers/routing.py); outbound: replies to customers, which wait on providers' APIs
+# (a worker with a threads pool suits it); bulk: long jobs. Each can get its own workers.
+task_queues = [
+    Queue("ingest"),
+    Queue("inbox"),
+    Queue("helpdesk"),
+    Queue("outbound"),
+    Queue("bulk"),
+]
 task_default_queue = "inbox"
-task_routes = {"inboxsync.ingest_batch": {"queue": "ingest"}}
+task_routes = {
+    "inboxsync.ingest_batch": {"queue": "ingest"},
+    "inboxsync.send_reply": {"queue": "outbound"},
+}

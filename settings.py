@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     # API writes wait this long for a worker to apply the change before answering 202.
     api_wait_timeout_s: float = 10.0
 
+    # Replies (handlers/outbound/replies.py). Attempts per reply, and the backoff between them.
+    outbound_max_attempts: int = 8
+    outbound_retry_base_s: float = 5.0
+    outbound_retry_max_s: float = 900.0
+    # After an attempt with no answer, wait this long before asking the provider whether it has
+    # the mail (its search lags behind its send API by seconds to minutes).
+    outbound_lookup_after_s: float = 120.0
+    # A worker that has not finished an attempt this long after claiming it is taken for dead;
+    # longer than any attempt can take (two provider timeouts, default 30 s each).
+    outbound_lease_s: float = 300.0
+    # A due reply still queued this long (its task was lost) is enqueued again by the sweeper.
+    outbound_sweep_grace_s: float = 30.0
+
     # Workers.
     task_max_retries: int = 8
     embedded_visibility_timeout_s: float = 60.0

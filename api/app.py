@@ -11,8 +11,9 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api import batcher, cases, errors, resources, webhooks
+from api import batcher, cases, errors, replies, resources, webhooks
 from handlers import pipeline
+from handlers.outbound import replies as outbound_replies
 from settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,16 @@ def enqueue(deliveries: list[dict[str, Any]]) -> None:
     publish_ids(pipeline.journal(deliveries))
 
 
+def publish_replies(reply_ids: list[int]) -> None:
+    from workers.tasks import enqueue_reply
+
+    for reply_id in reply_ids:
+        enqueue_reply(reply_id)
+
+
 async def sweep_forever(settings: Settings) -> None:
-    """Re-enqueue journaled deliveries whose broker message was lost (see pipeline.sweep)."""
+    """Re-enqueue journaled deliveries whose broker message was lost (see pipeline.sweep), and
+    replies that are due but not on the broker or whose worker died (see replies.sweep)."""
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
         try:
@@ -49,6 +58,8 @@ async def sweep_forever(settings: Settings) -> None:
                         publish_ids, ids[start : start + settings.ingest_batch_max]
                     )
                 log.warning("re-enqueued %d deliveries whose broker message was lost", len(ids))
+            if due := await run_in_threadpool(outbound_replies.sweep):
+                await run_in_threadpool(publish_replies, due)
         except Exception:
             log.exception("sweep failed; trying again in %s s", settings.sweep_interval_s)
 
@@ -89,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(resources.router)
     app.include_router(cases.router)
+    app.include_router(replies.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -15,6 +15,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.channels.base import WebhookError
+from handlers.outbound.compose import ComposeError
+from handlers.outbound.replies import ReplyNotFound, ReplyRefused
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,13 @@ def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         )
         field = [{"field": exc.field, "problem": str(exc)}] if exc.field else None
         return exc.status, body(error, str(exc), field), {}
+    if isinstance(exc, ReplyNotFound):
+        return 404, body("not_found", str(exc)), {}
+    if isinstance(exc, ReplyRefused):
+        status = 422 if exc.code == "idempotency_key_reused" else 409
+        return status, body(exc.code, str(exc)), {}
+    if isinstance(exc, ComposeError):
+        return 422, body("invalid_request", str(exc)), {}
     if isinstance(exc, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
         log.warning("queue or store unavailable: %s", exc)
         message = "the queue or the store is unavailable; nothing was accepted, retry"
@@ -82,6 +91,9 @@ def install(app: FastAPI) -> None:
         ApiError,
         RequestValidationError,
         WebhookError,
+        ReplyNotFound,
+        ReplyRefused,
+        ComposeError,
         BrokerError,
         sa_exc.OperationalError,
         sa_exc.InterfaceError,

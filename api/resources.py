@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Body, Header
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,6 +31,7 @@ from schemas.api import (
     TokenIn,
     TokenOut,
 )
+from schemas.outbound import OutboundConfig
 from settings import get_settings
 from store.cases import aware
 from store.db import reading, transaction
@@ -38,6 +39,7 @@ from store.models import Account, ApiToken, IdempotentResponse, Inbox, Owner
 
 router = APIRouter()
 IdempotencyKey = Annotated[str | None, Header(max_length=200)]
+OutboundBody = Annotated[OutboundConfig, Body()]
 
 
 def idempotent(
@@ -165,6 +167,8 @@ def inbox_out(inbox: Inbox) -> dict[str, Any]:
         channel=inbox.channel,  # type: ignore[arg-type]
         provider=inbox.provider,
         webhook_path=f"/webhooks/{inbox.id}",
+        replies_via=(inbox.outbound or {}).get("via"),
+        replies_from=(inbox.outbound or {}).get("from"),
     ).model_dump()
 
 
@@ -185,6 +189,7 @@ def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = N
             channel=body.channel,
             provider=body.provider,
             secrets=body.secrets,
+            outbound=body.outbound.model_dump(by_alias=True) if body.outbound else None,
         )
         session.add(inbox)
         session.flush()
@@ -192,6 +197,19 @@ def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = N
 
     scope = f"inboxes:{account_id}"
     return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+
+
+@router.put("/inboxes/{inbox_id}/outbound", response_model=InboxOut, tags=["inboxes"])
+def set_inbox_outbound(inbox_id: int, body: OutboundBody, who: Caller) -> Any:
+    """Set how the inbox's replies go out (provider and credentials); replaces the old setting.
+    Replies already queued use the new setting from their next attempt."""
+    with transaction() as session:
+        inbox = session.get(Inbox, inbox_id)
+        who.require("inbox", inbox_id, None if inbox is None else inbox.account_id)
+        assert inbox is not None
+        inbox.outbound = body.model_dump(by_alias=True)
+        session.flush()
+        return inbox_out(inbox)
 
 
 @router.get("/inboxes", response_model=list[InboxOut], tags=["inboxes"])

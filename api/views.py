@@ -6,7 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from schemas.api import ConversationOut, MessageOut, TicketOut
-from store.models import Contact, Conversation, Message, Ticket
+from schemas.outbound import ReplyOut
+from store.cases import aware
+from store.models import Contact, Conversation, Message, Reply, Ticket
 
 
 def conversation_out(
@@ -20,6 +22,14 @@ def conversation_out(
             .where(Message.conversation_id == conv.id)
             .order_by(Message.sent_at, Message.id)
         ).all()
+        replies = {
+            r.message_id: (r.id, r.state)
+            for r in session.execute(
+                select(Reply.message_id, Reply.id, Reply.state).where(
+                    Reply.conversation_id == conv.id
+                )
+            )
+        }
         messages = [
             MessageOut(
                 id=m.id,
@@ -29,6 +39,9 @@ def conversation_out(
                 text=m.text,
                 sent_at=m.sent_at,
                 received_at=m.received_at,
+                automatic=m.automatic,
+                reply_id=replies.get(m.id, (None, None))[0],
+                delivery=replies.get(m.id, (None, None))[1],
             )
             for m in rows
         ]
@@ -66,6 +79,26 @@ def ticket_out(session: Session, ticket: Ticket) -> TicketOut:
         removed_at=ticket.removed_at,
         created_at=ticket.created_at,
         conversation_ids=list(conv_ids),
+    )
+
+
+def reply_out(reply: Reply) -> ReplyOut:
+    mail = reply.mail
+    return ReplyOut(
+        id=reply.id,
+        conversation_id=reply.conversation_id,
+        message_id=reply.message_id,
+        state=reply.state,  # type: ignore[arg-type]
+        via=reply.via,
+        rfc_message_id=reply.rfc_message_id,
+        to=[a["email"] for a in mail.get("to", [])],
+        subject=mail.get("subject", ""),
+        attempts=reply.attempts,
+        provider_message_id=reply.provider_message_id,
+        error=reply.error,
+        created_at=aware(reply.created_at),
+        sent_at=aware(reply.sent_at) if reply.sent_at else None,
+        next_attempt_at=aware(reply.next_attempt_at) if reply.next_attempt_at else None,
     )
 
 

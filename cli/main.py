@@ -11,7 +11,7 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
-ALL_QUEUES = "ingest,inbox,helpdesk,bulk"
+ALL_QUEUES = "ingest,inbox,helpdesk,outbound,bulk"
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.changes import Action, ConversationStatus, Location, TicketStatus
+from schemas.outbound import OutboundConfig, ReplyState
 
 Tier = Literal["free", "starter", "professional", "enterprise"]
 Channel = Literal["email", "chat"]
@@ -50,6 +51,8 @@ class InboxIn(_Body):
     channel: Channel
     provider: str = Field(min_length=1, max_length=40)
     secrets: dict[str, Any] = Field(default_factory=dict)
+    # How replies go out (schemas/outbound.py); without it the inbox cannot reply.
+    outbound: OutboundConfig | None = None
 
 
 class InboxOut(BaseModel):
@@ -59,6 +62,8 @@ class InboxOut(BaseModel):
     channel: Channel
     provider: str
     webhook_path: str
+    replies_via: str | None = None
+    replies_from: str | None = None
 
 
 class OwnerIn(_Body):
@@ -82,6 +87,9 @@ class MessageOut(BaseModel):
     text: str
     sent_at: datetime
     received_at: datetime
+    automatic: bool = False  # an auto-reply or a bounce
+    reply_id: int | None = None  # an agent's reply: its delivery is /replies/{reply_id}
+    delivery: ReplyState | None = None
 
 
 class ConversationOut(BaseModel):

@@ -77,6 +77,8 @@ class Inbox(Base):
     channel: Mapped[str] = mapped_column(String(10))
     provider: Mapped[str] = mapped_column(String(40))
     secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # How replies go out (schemas/outbound.py); none: the inbox cannot reply.
+    outbound: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     __table_args__ = (CheckConstraint("channel IN ('email','chat')", name="channel_known"),)
 
 
@@ -186,6 +188,43 @@ class Message(Base):
     # An auto-reply or a bounce: recorded, but it never reopens anything (see handlers/ingest.py).
     automatic: Mapped[bool] = mapped_column(default=False, server_default=false())
     __table_args__ = (UniqueConstraint("inbox_id", "external_id"),)
+
+
+class Reply(Base):
+    """An agent's reply and its way out: ``queued`` → ``sending`` → ``sent`` / ``failed``.
+
+    The reply is also a ``Message`` (direction ``outbound``, external id ``mid:<rfc_message_id>``),
+    so a customer's answer threads to it. ``mail`` is the composed mail, fixed at queue time: every
+    attempt sends the same bytes. ``attempts`` fences a worker whose lease ran out
+    (handlers/outbound/replies.py); ``uncertain`` says an attempt may have reached the provider
+    without an answer, so the next one asks the provider first.
+    """
+
+    __tablename__ = "replies"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)
+    via: Mapped[str] = mapped_column(String(20))
+    rfc_message_id: Mapped[str] = mapped_column(String(300))
+    mail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts_left: Mapped[int] = mapped_column(Integer)
+    uncertain: Mapped[bool] = mapped_column(default=False)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    provider_message_id: Mapped[str | None] = mapped_column(String(300))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    __table_args__ = (
+        CheckConstraint("state IN ('queued','sending','sent','failed')", name="state_known"),
+        Index("ix_replies_state_due", "state", "next_attempt_at"),
+    )
 
 
 class Change(Base):

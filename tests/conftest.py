@@ -65,6 +65,11 @@ os.environ["DATABASE_URL"] = _test_database_url()
 os.environ["CELERY_BROKER_URL"] = _test_broker_url()
 os.environ.setdefault("INBOXSYNC_ADMIN_TOKEN", "test-admin-token")
 os.environ.setdefault("INBOXSYNC_API_WAIT_TIMEOUT_S", "20")
+# Replies: short waits, so that retries and recovery happen within a test (worker processes
+# inherit these). Tests that need time to pass for a reply give ``attempt`` a later ``now``.
+os.environ.setdefault("INBOXSYNC_OUTBOUND_RETRY_BASE_S", "0.2")
+os.environ.setdefault("INBOXSYNC_OUTBOUND_LOOKUP_AFTER_S", "0")
+os.environ.setdefault("INBOXSYNC_OUTBOUND_SWEEP_GRACE_S", "0")
 
 USING_POSTGRES = os.environ["DATABASE_URL"].startswith("postgresql")
 USING_REDIS = os.environ["CELERY_BROKER_URL"].startswith("redis")

@@ -11,13 +11,9 @@ one run of six). The delivery journal and its sweeper (handlers/pipeline.py) clo
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,35 +25,7 @@ from settings import get_settings
 from store.db import reading
 from store.models import Conversation, Message
 from tests.apihelp import eventually, message, post_webhook, setup_account
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def start_worker(
-    *args: str, visibility_timeout: float = 3.0, claim_max: int = 500
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "INBOXSYNC_INGEST_CLAIM_MAX": str(claim_max),
-        "INBOXSYNC_REDIS_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
-        "INBOXSYNC_EMBEDDED_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
-        "INBOXSYNC_REDIS_RESTORE_INTERVAL_S": "1",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", "--loglevel", "warning", *args],
-        cwd=ROOT,
-        env=env,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+from tests.workerhelp import start_worker, stop
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The Celery app. ``celery -A workers.app worker -Q ingest,inbox,helpdesk,bulk``."""
+"""The Celery app. ``celery -A workers.app worker -Q ingest,inbox,helpdesk,outbound,bulk``."""
 
 from __future__ import annotations
 

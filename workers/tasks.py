@@ -17,6 +17,7 @@ from celery import Task
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from handlers import pipeline
+from handlers.outbound import replies
 from settings import get_settings
 from workers.app import app
 
@@ -54,3 +55,22 @@ def ingest_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
 @app.task(name=pipeline.APPLY_TASK, base=InboxsyncTask, bind=True)
 def apply_change(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
     return pipeline.run_change(envelope)
+
+
+@app.task(name=replies.SEND_TASK, base=InboxsyncTask, bind=True)
+def send_reply(self: Task, reply_id: int) -> str:
+    done = replies.attempt(reply_id)
+    if done.outcome == "retry":
+        enqueue_reply(reply_id, countdown_s=done.retry_in_s)
+    return done.outcome
+
+
+def enqueue_reply(reply_id: int, countdown_s: float | None = None) -> None:
+    """Put a reply's attempt on the broker (lost ones are found again by replies.sweep)."""
+    send_reply.apply_async(
+        (reply_id,),
+        countdown=countdown_s,
+        queue="outbound",
+        retry=True,
+        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+    )

@@ -1,0 +1,108 @@
+"""Outbound mail: how an inbox sends (one config per provider), the mail we compose, the API.
+
+An inbox's ``outbound`` config names the provider (``via``) and its credentials; ``api_url`` points
+at the provider's API (change it for Mailgun's EU region, or a test's fake provider on loopback).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.email import Address
+
+ReplyState = Literal["queued", "sending", "sent", "failed"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The address replies come from: "Acme Support <support@acme.example>".
+    from_: str = Field(alias="from", min_length=3, max_length=320)
+    # Seconds for connecting and, separately, for the provider's answer.
+    timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+
+class PostmarkOutbound(_Config):
+    via: Literal["postmark"]
+    server_token: str = Field(min_length=1)
+    message_stream: str = "outbound"
+    api_url: str = "https://api.postmarkapp.com"
+
+
+class MailgunOutbound(_Config):
+    via: Literal["mailgun"]
+    api_key: str = Field(min_length=1)
+    domain: str = Field(min_length=1)
+    api_url: str = "https://api.mailgun.net"
+
+
+class SendGridOutbound(_Config):
+    via: Literal["sendgrid"]
+    api_key: str = Field(min_length=1)
+    api_url: str = "https://api.sendgrid.com"
+
+
+class SmtpOutbound(_Config):
+    via: Literal["smtp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    # "starttls" upgrades a plain connection (port 587); "tls" is TLS from the start (465).
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+
+
+OutboundConfig = Annotated[
+    PostmarkOutbound | MailgunOutbound | SendGridOutbound | SmtpOutbound,
+    Field(discriminator="via"),
+]
+
+
+class OutboundMail(BaseModel):
+    """A reply as it goes out, fixed when it is queued so that every attempt sends the same mail
+    (same ``message_id``: receiving servers drop a second copy of a Message-ID they have)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reply_key: str  # our identity of the reply, given to providers as metadata
+    message_id: str  # RFC 5322 Message-ID, without angle brackets
+    from_: Address = Field(alias="from")
+    to: list[Address] = Field(min_length=1)
+    cc: list[Address] = Field(default_factory=list)
+    subject: str
+    text: str
+    html: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = Field(default_factory=list)
+    date: AwareDatetime
+
+
+class ReplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=1_000_000)
+    html: str | None = Field(default=None, max_length=5_000_000)
+    # Default: the customer (Reply-To, else From, of the newest mail from them).
+    to: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    cc: list[str] = Field(default_factory=list, max_length=50)
+    subject: str | None = Field(default=None, max_length=998)
+
+
+class ReplyOut(BaseModel):
+    id: int
+    conversation_id: int
+    message_id: int
+    state: ReplyState
+    via: str
+    rfc_message_id: str
+    to: list[str]
+    subject: str
+    attempts: int
+    provider_message_id: str | None
+    error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    next_attempt_at: datetime | None

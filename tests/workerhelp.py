@@ -1,0 +1,41 @@
+"""Real ``inboxsync worker`` processes for tests, started as a user would start them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(
+    *args: str,
+    visibility_timeout: float = 3.0,
+    claim_max: int = 500,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **(extra_env or {}),
+        "INBOXSYNC_INGEST_CLAIM_MAX": str(claim_max),
+        "INBOXSYNC_REDIS_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
+        "INBOXSYNC_EMBEDDED_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
+        "INBOXSYNC_REDIS_RESTORE_INTERVAL_S": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", "--loglevel", "warning", *args],
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
