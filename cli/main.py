@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -155,6 +155,115 @@ def ingest(
     typer.echo(f"queued {queued} deliveries, refused {refused} files")
     if refused:
         raise typer.Exit(1)
+
+
+@app.command("set-outbound")
+def set_outbound(
+    inbox_id: int,
+    via: Annotated[str, typer.Option(help="postmark, mailgun, sendgrid or smtp")],
+    sender: Annotated[str, typer.Option("--from", help='"Name <address>" replies come from')],
+    setting: Annotated[
+        list[str] | None, typer.Option(help="key=value, repeatable (server_token, host, …)")
+    ] = None,
+) -> None:
+    """Set how an inbox's replies go out (see README, Replies)."""
+    from pydantic import ValidationError
+
+    from handlers.outbound.replies import CONFIG
+    from store.db import transaction
+    from store.models import Inbox
+
+    raw = {"via": via, "from": sender, **dict(s.split("=", 1) for s in setting or [])}
+    try:
+        config = CONFIG.validate_python(raw)
+    except ValidationError as exc:
+        _fail(f"invalid outbound setting: {exc}")
+    with transaction() as session:
+        inbox = session.get(Inbox, inbox_id)
+        if inbox is None:
+            _fail(f"inbox {inbox_id} not found")
+        inbox.outbound = config.model_dump(by_alias=True)
+    typer.echo(f"inbox {inbox_id} replies via {via} from {sender}")
+
+
+@app.command()
+def reply(
+    conversation_id: int,
+    text: Annotated[str | None, typer.Option(help="the reply's text")] = None,
+    text_file: Annotated[Path | None, typer.Option(help="read the text from a file")] = None,
+    html_file: Annotated[Path | None, typer.Option(help="an HTML version")] = None,
+    to: Annotated[list[str] | None, typer.Option(help="default: the customer")] = None,
+    cc: Annotated[list[str] | None, typer.Option()] = None,
+    key: Annotated[str | None, typer.Option(help="idempotency key: run again, no 2nd mail")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for sent/failed; 0: don't")] = 30,
+) -> None:
+    """Reply to a conversation's customer by mail, through the inbox's provider."""
+    from pydantic import ValidationError
+
+    from handlers.outbound import replies
+    from handlers.outbound.compose import ComposeError
+    from schemas.outbound import ReplyIn
+    from workers.tasks import enqueue_reply
+
+    body_text = text_file.read_text() if text_file else text
+    try:
+        body = ReplyIn(
+            text=body_text or "",
+            html=html_file.read_text() if html_file else None,
+            to=to or None,
+            cc=cc or [],
+        )
+        reply_id, created = replies.queue_reply(
+            account_id=None,
+            conversation_id=conversation_id,
+            body=body,
+            key=f"cli:{key}" if key else None,
+        )
+    except (ValidationError, ComposeError, replies.ReplyRefused, replies.ReplyNotFound) as exc:
+        _fail(str(exc))
+    if created:
+        enqueue_reply(reply_id)
+    typer.echo(f"reply {reply_id} {'queued' if created else 'already queued'}")
+    _follow(reply_id, wait)
+
+
+@app.command()
+def resend(reply_id: int, wait: float = 30) -> None:
+    """Queue a failed reply again (same mail, same Message-ID)."""
+    from handlers.outbound import replies
+    from workers.tasks import enqueue_reply
+
+    try:
+        replies.resend(reply_id, account_id=None)
+    except (replies.ReplyRefused, replies.ReplyNotFound) as exc:
+        _fail(str(exc))
+    enqueue_reply(reply_id)
+    _follow(reply_id, wait)
+
+
+def _follow(reply_id: int, wait: float) -> None:
+    import time
+
+    from store.db import reading
+    from store.models import Reply
+
+    deadline = time.monotonic() + wait
+    while True:
+        with reading() as session:
+            row = session.get(Reply, reply_id)
+            assert row is not None
+            state, error = row.state, row.error
+        if state in ("sent", "failed") or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    typer.echo(f"reply {reply_id}: {state}" + (f" ({error})" if error else ""))
+    if state == "failed":
+        raise typer.Exit(1)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
 
 
 @app.command("create-owner")

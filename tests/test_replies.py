@@ -399,3 +399,37 @@ def _wait(check: Any, timeout: float = 10.0) -> None:
         if datetime.now(UTC) > deadline:
             raise AssertionError("condition not met")
         threading.Event().wait(0.02)
+
+
+# CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_sets_the_outbound_and_replies(fake: FakeProviders):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    conv = customer_conversation(None)
+    with reading() as session:
+        inbox_id = session.scalar(select(Message.inbox_id).where(Message.conversation_id == conv))
+    cli = CliRunner()
+    setting = ["--setting", f"server_token={POSTMARK_TOKEN}", "--setting", f"api_url={fake.url}"]
+    ok = cli.invoke(
+        app, ["set-outbound", str(inbox_id), "--via", "postmark", "--from", "s@acme.test", *setting]
+    )
+    assert ok.exit_code == 0, ok.output
+    bad = cli.invoke(app, ["set-outbound", str(inbox_id), "--via", "pigeon", "--from", "s@a.test"])
+    assert bad.exit_code == 2 and "invalid outbound setting" in bad.output
+    args = ["reply", str(conv), "--text", "Olá", "--key", "k1", "--wait", "0"]
+    first = cli.invoke(app, args)
+    assert first.exit_code == 0 and "queued" in first.output, first.output
+    assert "already queued" in cli.invoke(app, args).output
+    [rid] = [r.id for r in _all_replies()]
+    assert replies.attempt(rid).outcome == "sent"
+    assert len(fake.sends("postmark")) == 1
+    assert cli.invoke(app, ["reply", "999999", "--text", "x", "--wait", "0"]).exit_code == 2
+
+
+def _all_replies() -> list[Reply]:
+    with reading() as session:
+        return list(session.scalars(select(Reply)).all())
