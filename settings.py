@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "INBOXSYNC_DATABASE_URL"),
         description="SQLAlchemy URL of the store; default: SQLite <data_dir>/inboxsync.sqlite.",
     )
+    blob_dir: Path | None = Field(
+        default=None, description="Where attachment bytes are kept; default: <data_dir>/blobs."
+    )
     celery_broker_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("CELERY_BROKER_URL", "INBOXSYNC_CELERY_BROKER_URL"),
@@ -98,6 +101,10 @@ class Settings(BaseSettings):
         if self.celery_broker_url:
             return self.celery_broker_url
         return f"sqlq+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def resolved_blob_dir(self) -> Path:
+        return (self.blob_dir or self.data_dir / "blobs").resolve()
 
     @property
     def is_embedded_broker(self) -> bool:

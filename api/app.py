@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api import batcher, cases, errors, replies, resources, webhooks
+from api import attachments, batcher, cases, errors, replies, resources, webhooks
 from handlers import pipeline
 from handlers.outbound import replies as outbound_replies
 from settings import Settings, get_settings
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(resources.router)
     app.include_router(cases.router)
     app.include_router(replies.router)
+    app.include_router(attachments.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -81,8 +81,12 @@ async def handle(
         raise not_found("inbox", inbox_id)
     adapter = adapter_for(inbox.provider)
     webhook = WebhookRequest(method="POST", url=url, headers=headers, query=query, body=body)
-    adapter.verify(webhook, inbox.secrets, time.time())
-    accepted = adapter.accept(webhook)
+    if adapter.blocking:
+        await run_in_threadpool(adapter.verify, webhook, inbox.secrets, time.time())
+        accepted = await run_in_threadpool(adapter.accept, webhook)
+    else:
+        adapter.verify(webhook, inbox.secrets, time.time())
+        accepted = adapter.accept(webhook)
     if accepted.payloads:
         deliveries = [pipeline.delivery(inbox.id, inbox.provider, p) for p in accepted.payloads]
         if accepted.replay_key:

@@ -33,16 +33,19 @@ from schemas import changes as c
 from schemas.inbound import InboundMessage
 from settings import Settings, get_settings
 from store import bulk, cases
+from store.blobs import BlobWriteError, blob_store
 from store.db import is_postgres, transaction
 from store.models import Account, Conversation, DeadLetter, Delivery, Ticket, WebhookToken
 
-# Worth retrying: the database or a lock, not the payload. IntegrityError is here because two
-# workers racing on one new row make one of them fail once; the retry finds the row.
+# Worth retrying: the database, a lock or the blob store's disk, not the payload. IntegrityError
+# is here because two workers racing on one new row make one of them fail once; the retry finds
+# the row.
 TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.TimeoutError,
     sa_exc.IntegrityError,
+    BlobWriteError,
 )
 
 INGEST_TASK = "inboxsync.ingest_batch"
@@ -241,6 +244,8 @@ def _process(ids: list[int], task_id: str | None, extra: int = 0) -> dict[str, i
                 messages.extend(normalize(d))
             except WebhookError as exc:
                 dead.append((d, exc))
+        # Attachment bytes first: once the messages commit, their blobs are on disk.
+        blob_store().put_all(blob for m in messages for blob in m.blobs)
         outcomes = ingest(session, messages) if messages else []
         _insert_dead_letters(session, INGEST_TASK, task_id, dead)
         session.execute(

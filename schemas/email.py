@@ -37,6 +37,9 @@ class Attachment(_Frozen):
     content_id: str | None = None
     # Shown within the body (``Content-Disposition: inline``, or a Content-ID and no disposition).
     inline: bool = False
+    # The bytes are kept in the blob store (store/blobs.py) under ``sha256``; not when over the
+    # size limit (the mail's ``problems`` say so).
+    stored: bool = True
 
 
 class ParsedEmail(_Frozen):

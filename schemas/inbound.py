@@ -28,6 +28,8 @@ class InboundMessage(BaseModel):
     reply_token: int | None = None
     # An auto-reply or a bounce: stored, but it reopens nothing and asks for no answer.
     automatic: bool = False
+    # Attachment contents, for the blob store (store/blobs.py); never serialized with the message.
+    blobs: list[bytes] = Field(default_factory=list, exclude=True, repr=False)
 
     @property
     def effective_thread_key(self) -> str:

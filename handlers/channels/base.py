@@ -72,6 +72,9 @@ class Accepted:
 class ChannelAdapter(Protocol):
     name: str
     channels: frozenset[str]
+    # True if verify/accept may wait on the network: the ingress then runs them in a thread
+    # instead of on its event loop.
+    blocking: bool
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None: ...
 

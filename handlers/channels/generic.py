@@ -37,6 +37,7 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 class GenericAdapter:
     name = "generic"
     channels = frozenset({"email", "chat"})
+    blocking = False
 
     def __init__(self, tolerance_seconds: int = 300) -> None:
         self.tolerance_seconds = tolerance_seconds

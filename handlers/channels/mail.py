@@ -90,19 +90,19 @@ def one_message(
     """What an email adapter's ``normalize`` returns: the mail ``parse`` reads, as one message;
     a mail with nothing usable in it is a ``PayloadError`` (the worker dead-letters it)."""
     try:
-        parsed, _contents = parse()
+        parsed, contents = parse()
     except UnparseableEmail as exc:
         raise PayloadError(f"unparseable mail: {exc}") from None
-    return [
-        to_inbound(
-            parsed,
-            inbox_id=inbox_id,
-            received_at=received_at,
-            provider=provider,
-            provider_id=provider_id,
-            fallback_id=fallback_id,
-        )
-    ]
+    message = to_inbound(
+        parsed,
+        inbox_id=inbox_id,
+        received_at=received_at,
+        provider=provider,
+        provider_id=provider_id,
+        fallback_id=fallback_id,
+    )
+    kept = [data for a, data in zip(parsed.attachments, contents, strict=True) if a.stored]
+    return [message.model_copy(update={"blobs": kept})] if kept else [message]
 
 
 def _kept(parsed: ParsedEmail, provider: str, provider_id: str | None) -> dict[str, Any]:

@@ -38,6 +38,7 @@ def sign(signing_key: str, timestamp: str, token: str) -> str:
 class MailgunAdapter:
     name = "mailgun"
     channels = frozenset({"email"})
+    blocking = False
 
     def __init__(self, tolerance_seconds: int = 300) -> None:
         self.tolerance_seconds = tolerance_seconds

@@ -42,6 +42,7 @@ def _addresses(items: list[PostmarkAddress]) -> str:
 class PostmarkAdapter:
     name = "postmark"
     channels = frozenset({"email"})
+    blocking = False
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
         user, password = secrets.get("basic_username"), secrets.get("basic_password")

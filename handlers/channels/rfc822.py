@@ -30,6 +30,7 @@ CONTENT_TYPES = ("message/rfc822", "application/octet-stream", "text/plain")
 class Rfc822Adapter:
     name = "rfc822"
     channels = frozenset({"email"})
+    blocking = False
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
         secret = secrets.get("bearer_secret")

@@ -33,6 +33,7 @@ from schemas.inbound import InboundMessage
 class SendGridAdapter:
     name = "sendgrid"
     channels = frozenset({"email"})
+    blocking = False
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
         url_secret = secrets.get("url_secret")

@@ -72,6 +72,8 @@ def _fetch(url: str) -> bytes:
 class SesAdapter:
     name = "ses"
     channels = frozenset({"email"})
+    # verify may fetch a signing certificate and accept may confirm a subscription (network).
+    blocking = True
 
     def __init__(
         self,

@@ -118,6 +118,7 @@ def _build(
     kept: list[Attachment] = []
     contents: list[bytes] = []
     for filename, kind, data, content_id, inline in attachments:
+        too_big = len(data) > max_attachment_bytes
         kept.append(
             Attachment(
                 filename=filename or "attachment",
@@ -126,9 +127,10 @@ def _build(
                 sha256=hashlib.sha256(data).hexdigest(),
                 content_id=next(iter(_ids(content_id or "")), content_id),
                 inline=inline,
+                stored=not too_big,
             )
         )
-        if len(data) > max_attachment_bytes:
+        if too_big:
             problems.append(f"attachment {filename!r} over {max_attachment_bytes} bytes: not kept")
             data = b""
         contents.append(data)

@@ -1,0 +1,94 @@
+"""Attachments: their bytes kept once, by content hash, before their message commits; served
+back to the account that owns the message."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from api.app import create_app
+from handlers import pipeline
+from handlers.channels import adapter_for
+from handlers.channels.base import WebhookRequest
+from handlers.email.parse import parse_raw
+from store.blobs import BlobStore, blob_store
+from store.db import reading
+from store.models import Message
+from tests.apihelp import ADMIN
+
+RAW = (Path(__file__).parent / "fixtures" / "email" / "attachments.eml").read_bytes()
+
+
+@pytest.fixture
+def client(db: None) -> Iterator[TestClient]:
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def deliver(inbox: int, raw: bytes = RAW) -> int:
+    request = WebhookRequest("POST", "https://x", {"content-type": "message/rfc822"}, {}, raw)
+    [payload] = adapter_for("rfc822").accept(request).payloads
+    pipeline.ingest_deliveries([pipeline.delivery(inbox, "rfc822", payload)], task_id=None)
+    with reading() as session:
+        return int(
+            session.scalars(
+                select(Message.id).where(Message.inbox_id == inbox).order_by(Message.id.desc())
+            ).first()
+            or 0
+        )
+
+
+def parts() -> list[bytes]:
+    mail = message_from_bytes(RAW, policy=policy.default)
+    return [p.get_payload(decode=True) for p in mail.walk() if p.get_filename()]
+
+
+def test_attachments_are_kept_and_served_to_their_account(client: TestClient, make_account):
+    acct = make_account()
+    message_id = deliver(acct["inbox"])
+    expected = parts()
+    assert len(expected) == 2
+    for index, data in enumerate(expected):
+        got = client.get(f"/messages/{message_id}/attachments/{index}", headers=ADMIN)
+        assert got.status_code == 200
+        assert got.content == data
+        assert got.headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    pdf = client.get(f"/messages/{message_id}/attachments/1", headers=ADMIN)
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert "fatura%20n%C2%BA%2042.pdf" in pdf.headers["content-disposition"]
+    assert client.get(f"/messages/{message_id}/attachments/2", headers=ADMIN).status_code == 404
+    other = make_account()
+    token = client.post(f"/accounts/{other['account']}/tokens", json={}, headers=ADMIN).json()
+    foreign = {"Authorization": f"Bearer {token['token']}"}
+    answer = client.get(f"/messages/{message_id}/attachments/0", headers=foreign)
+    assert answer.status_code == 404 and answer.json()["error"] == "not_found"
+
+
+def test_the_same_file_is_one_blob_however_often_it_arrives(make_account):
+    first, second = make_account(), make_account()
+    deliver(first["inbox"])
+    deliver(second["inbox"])
+    deliver(first["inbox"])  # a duplicate delivery
+    root = blob_store().root / "sha256"
+    stored = {p.name for p in root.rglob("*") if p.is_file()}
+    digests = {hashlib.sha256(d).hexdigest()[2:] for d in parts()}
+    assert digests <= stored
+    assert not [p for p in root.rglob(".tmp-*")]
+
+
+def test_an_attachment_over_the_limit_is_listed_but_not_kept(tmp_path: Path):
+    parsed, _ = parse_raw(RAW, max_attachment_bytes=10)
+    assert [a.stored for a in parsed.attachments] == [False, False]
+    assert any("not kept" in p for p in parsed.problems)
+    store = BlobStore(tmp_path)
+    digest = store.put(b"x" * 20)
+    assert store.read(digest) == b"x" * 20 and store.put(b"x" * 20) == digest
+    assert store.read("0" * 64) is None
+    with pytest.raises(ValueError):
+        store.path("../../etc/passwd")
