@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from handlers.channels.generic import sign
@@ -109,6 +110,7 @@ def run(*, keep: bool = False) -> int:
         _send_webhooks(http, scene)
         _agent_actions(http, scene)
         _print_state(http, scene)
+        _email_round_trip(http, scene[2]["auth"], stack)
     console.rule("[bold green]demo finished")
     return 0
 
@@ -296,3 +298,127 @@ def _print_state(http: httpx.Client, scene: list[dict[str, Any]]) -> None:
         )
     console.print(convs)
     console.print(tickets)
+
+
+MAIL = """From: Maria Souza <maria@example.com>
+To: Support <support@cora.example>
+Subject: Pedido 1001 =?utf-8?q?n=C3=A3o?= chegou
+Date: {date}
+Message-ID: <order1001.{run}@mail.example.com>
+Content-Type: text/plain; charset=utf-8
+
+O meu pedido 1001 ainda não chegou.
+"""
+ANSWER = """From: Maria Souza <maria@example.com>
+To: support@cora.example
+Subject: obrigada
+Date: {date}
+Message-ID: <thanks.{run}@mail.example.com>
+In-Reply-To: <{ours}>
+Content-Type: text/plain; charset=utf-8
+
+Chegou hoje, obrigada!
+"""
+
+
+class _PostmarkStandIn:
+    """A stand-in for Postmark's send API on loopback (the demo reaches no real provider)."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received: list[dict[str, Any]] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+                body = json.dumps({"MessageID": f"pm-{len(received)}", "ErrorCode": 0}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _email_round_trip(http: httpx.Client, auth: dict[str, str], stack: ExitStack) -> None:
+    console.rule("email: a customer's mail, the agent's reply, the customer's answer")
+    postmark = _PostmarkStandIn()
+    stack.callback(postmark.close)
+    inbox = http.post(
+        "/inboxes",
+        json={
+            "name": "mail",
+            "channel": "email",
+            "provider": "rfc822",
+            "secrets": {"bearer_secret": "demo-relay-secret"},
+            "outbound": {
+                "via": "postmark",
+                "from": "Cora Support <support@cora.example>",
+                "server_token": "demo",
+                "api_url": postmark.url,
+            },
+        },
+        headers=auth,
+    ).json()
+    run, now = str(time.time_ns()), datetime.now(UTC)
+    relay = {"Content-Type": "message/rfc822", "Authorization": "Bearer demo-relay-secret"}
+    mail = MAIL.format(date=now.strftime("%a, %d %b %Y %H:%M:%S +0000"), run=run).encode()
+    for _ in range(2):  # the relay delivers it twice
+        assert http.post(f"/webhooks/{inbox['id']}", content=mail, headers=relay).is_success
+    [conv] = _wait_until(
+        "the mail to be stored",
+        lambda: http.get(f"/conversations?inbox_id={inbox['id']}", headers=auth).json(),
+    )
+    console.print(f"mail from maria@example.com, delivered twice → conversation {conv['id']}")
+    reply = {"text": "Olá Maria, enviámos de novo hoje."}
+    keyed = {**auth, "Idempotency-Key": f"demo-reply-{run}"}
+    for _ in range(2):  # the agent's client retries
+        queued = http.post(f"/conversations/{conv['id']}/replies", json=reply, headers=keyed)
+        assert queued.status_code == 202, queued.text
+    done = _wait_until(
+        "the reply to be sent",
+        lambda: (
+            (r := http.get(queued.headers["location"], headers=auth).json())["state"]
+            in ("sent", "failed")
+            and r
+        ),
+    )
+    [sent] = postmark.received
+    headers = {h["Name"]: h["Value"] for h in sent["Headers"]}
+    console.print(
+        f"reply {done['id']} {done['state']}: {len(postmark.received)} request to Postmark's API"
+        f" (stand-in on loopback) for 2 POSTs with one Idempotency-Key\n"
+        f"  Subject: {escape(sent['Subject'])}\n  Message-ID: {headers['Message-ID']}\n"
+        f"  In-Reply-To: {headers['In-Reply-To']}"
+    )
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    answer = ANSWER.format(
+        date=later.strftime("%a, %d %b %Y %H:%M:%S +0000"), run=run, ours=done["rfc_message_id"]
+    ).encode()
+    assert http.post(f"/webhooks/{inbox['id']}", content=answer, headers=relay).is_success
+    view = _wait_until(
+        "the answer to be stored",
+        lambda: (
+            (v := http.get(f"/conversations/{conv['id']}", headers=auth).json())
+            and len(v["messages"]) == 3
+            and v
+        ),
+    )
+    for m in view["messages"]:
+        state = f" ({m['delivery']})" if m["delivery"] else ""
+        line = f"  {m['direction']:8} {m['sender']:22} {m['text'].strip()[:40]}{state}"
+        console.print(escape(line))
+    console.print(f"Maria's answer threaded to conversation {conv['id']} by In-Reply-To\n")
