@@ -7,7 +7,8 @@ over keep-alive HTTP connections from a separate load process, like a provider w
 - end-to-end: messages/s from the first webhook sent to the last message committed in the store,
   with 1 and then 2 worker processes, on Redis + PostgreSQL;
 - the same end-to-end pipeline on the embedded default (SQLite store, SQLite broker);
-- email parsing and threading throughput on a generated corpus (bench/email_corpus.py).
+- email parsing and threading throughput on a generated corpus (bench/email_corpus.py);
+- reply sending throughput against a fake provider on loopback (bench/replies.py).
 
 Redis + PostgreSQL come from ``CELERY_BROKER_URL`` / ``DATABASE_URL`` (default: the local
 servers). The run uses a database and a Redis db number of its own and drops them at the end.
@@ -347,6 +348,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20000, help="webhooks per measurement")
     parser.add_argument("--embedded-n", type=int, default=5000)
     parser.add_argument("--mails", type=int, default=3000, help="generated mails to parse")
+    parser.add_argument("--replies", type=int, default=2000, help="replies to send")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-embedded", action="store_true")
     args = parser.parse_args()
@@ -401,6 +403,24 @@ def main() -> None:
                     )
                 )
                 print(*rows[-2:], sep="\n", flush=True)
+                sending = subprocess.run(
+                    [sys.executable, str(ROOT / "bench" / "replies.py"), str(args.replies)],
+                    env=env,
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                figures = json.loads(sending.stdout.strip().splitlines()[-1])
+                rows.append(
+                    (
+                        "replies: sent/s through a fake Postmark API on loopback, 1 worker "
+                        f"process (8 threads); the provider got {figures['provider_got']:,}",
+                        f"{figures['sent_per_s']:,.0f}",
+                        f"{args.replies}",
+                    )
+                )
+                print(rows[-1], flush=True)
                 for workers in (1, 2):
                     rate, cpu = measure_end_to_end(p, workers, args.n, f"e2e{workers}", None)
                     notes.append(cpu_line(f"{workers} worker process(es), Redis + PostgreSQL", cpu))

@@ -1,0 +1,110 @@
+"""Reply sending throughput (called by bench/run.py).
+
+``python bench/replies.py N`` with ``DATABASE_URL`` / ``CELERY_BROKER_URL`` naming a migrated
+store and a broker: queues N replies on one conversation, starts one ``inboxsync worker -Q
+outbound --pool threads`` process, and times until every reply is ``sent`` through the fake Postmark
+API of the tests (a real HTTP server on loopback, in this process). Checks that the provider got
+each reply exactly once. Prints one JSON object: ``{"n", "sent_per_s", "provider_got"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(n: int, threads: int = 8) -> None:
+    from sqlalchemy import func, select
+
+    from handlers.outbound import replies
+    from schemas.inbound import InboundMessage
+    from schemas.outbound import ReplyIn
+    from store.db import reading, transaction
+    from store.models import Account, Inbox, Reply
+    from tests.fakeproviders import POSTMARK_TOKEN, FakeProviders
+    from workers.tasks import enqueue_reply
+
+    fake = FakeProviders()
+    with transaction() as session:
+        account = Account(name="bench-replies", tier="free", created_at=datetime.now(UTC))
+        session.add(account)
+        session.flush()
+        inbox = Inbox(
+            account_id=account.id,
+            name="replies",
+            channel="email",
+            provider="rfc822",
+            secrets={},
+            outbound={
+                "via": "postmark",
+                "from": "Bench <bench@acme.example>",
+                "server_token": POSTMARK_TOKEN,
+                "api_url": fake.url,
+            },
+        )
+        session.add(inbox)
+        session.flush()
+        inbox_id = inbox.id
+    from handlers.ingest import ingest
+
+    now = datetime.now(UTC)
+    customer = InboundMessage(
+        inbox_id=inbox_id,
+        external_id=f"mid:bench-{time.time_ns()}@customer.example",
+        sender="customer@example.com",
+        text="hello",
+        sent_at=now,
+        received_at=now,
+        headers={"email": {"from_": {"name": "", "email": "customer@example.com"}, "subject": "x"}},
+    )
+    with transaction() as session:
+        [outcome] = ingest(session, [customer])
+    conversation = outcome.conversation_id
+    assert conversation is not None
+    ids = [
+        replies.queue_reply(
+            account_id=None,
+            conversation_id=conversation,
+            body=ReplyIn(text=f"reply {i}"),
+            key=None,
+        )[0]
+        for i in range(n)
+    ]
+    for reply_id in ids:
+        enqueue_reply(reply_id)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", "-Q", "outbound", "--pool", "threads"]
+        + ["-c", str(threads), "--loglevel", "warning"],
+        cwd=ROOT,
+    )
+    try:
+        started = time.perf_counter()
+        while True:
+            with reading() as session:
+                sent = session.scalar(
+                    select(func.count())
+                    .select_from(Reply)
+                    .where(Reply.id.in_(ids), Reply.state == "sent")
+                )
+            if sent == n:
+                break
+            if time.perf_counter() - started > 600:
+                raise SystemExit(f"only {sent} of {n} replies sent in 600 s")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        fake.close()
+    print(json.dumps({"n": n, "sent_per_s": n / elapsed, "provider_got": len(fake.accepted)}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
