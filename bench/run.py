@@ -343,6 +343,20 @@ def redis_pg_env(base: dict[str, str], logs: Path) -> tuple[dict[str, str], Any]
     return env, cleanup
 
 
+def run_script(name: str, n: int, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``bench/<name> n``; the JSON object its last line prints."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), str(n)],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20000, help="webhooks per measurement")
@@ -378,15 +392,7 @@ def main() -> None:
                     )
                 )
                 print(rows[-1], flush=True)
-                mails = subprocess.run(
-                    [sys.executable, str(ROOT / "bench" / "email_corpus.py"), str(args.mails)],
-                    env=env,
-                    cwd=ROOT,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                figures = json.loads(mails.stdout.strip().splitlines()[-1])
+                figures = run_script("email_corpus.py", args.mails, env)
                 rows.append(
                     (
                         "email parsing: raw mails → normalized messages/s, 1 process",
@@ -403,15 +409,7 @@ def main() -> None:
                     )
                 )
                 print(*rows[-2:], sep="\n", flush=True)
-                sending = subprocess.run(
-                    [sys.executable, str(ROOT / "bench" / "replies.py"), str(args.replies)],
-                    env=env,
-                    cwd=ROOT,
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-                figures = json.loads(sending.stdout.strip().splitlines()[-1])
+                figures = run_script("replies.py", args.replies, env)
                 rows.append(
                     (
                         "replies: sent/s through a fake Postmark API on loopback, 1 worker "

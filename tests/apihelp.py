@@ -41,28 +41,34 @@ def eventually(check: Callable[[], T | None], timeout: float = 20.0) -> T:
 
 
 def setup_account(
-    client: TestClient, tier: str = "free", created_at: str = "2023-01-01T00:00:00Z"
+    client: TestClient,
+    tier: str = "free",
+    created_at: str = "2023-01-01T00:00:00Z",
+    inbox: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An account with a token, a generic inbox (secret ``s3cret``) and two owners, via the API."""
+    """An account with a token, an inbox (by default generic, secret ``s3cret``; else the
+    ``POST /inboxes`` body given) and two owners, via the API."""
     account = client.post(
         "/accounts", json={"name": "acme", "tier": tier, "created_at": created_at}, headers=ADMIN
     ).json()
     token = client.post(f"/accounts/{account['id']}/tokens", json={}, headers=ADMIN).json()
     auth = {"Authorization": f"Bearer {token['token']}"}
-    inbox = client.post(
+    made = client.post(
         "/inboxes",
-        json={
+        json=inbox
+        or {
             "name": "support",
             "channel": "email",
             "provider": "generic",
             "secrets": {"signing_secret": "s3cret"},
         },
         headers=auth,
-    ).json()
+    )
+    assert made.status_code == 201, made.text
     owners = [
         client.post("/owners", json={"name": n}, headers=auth).json()["id"] for n in ("ana", "bo")
     ]
-    return {"account": account, "auth": auth, "inbox": inbox["id"], "owners": owners}
+    return {"account": account, "auth": auth, "inbox": made.json()["id"], "owners": owners}
 
 
 def message(

@@ -10,7 +10,6 @@ run's own, so that nothing touches a developer's data.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,8 +131,7 @@ def db(migrated: None) -> Iterator[None]:
 @pytest.fixture
 def make_account(db: None):  # noqa: ANN201
     """``make_account(tier, created_at)`` -> account id, with one inbox and one owner."""
-    from store.db import transaction
-    from store.models import Account, Inbox, Owner
+    from tests.storehelp import new_account
 
     def make(
         tier: str = "free",
@@ -141,25 +139,6 @@ def make_account(db: None):  # noqa: ANN201
         *,
         secret: str = "s3cret",
     ) -> dict[str, int]:
-        with transaction() as session:
-            account = Account(name=f"acct-{uuid.uuid4().hex[:6]}", tier=tier, created_at=created_at)
-            session.add(account)
-            session.flush()
-            inbox = Inbox(
-                account_id=account.id,
-                name="support",
-                channel="email",
-                provider="generic",
-                secrets={"signing_secret": secret},
-            )
-            owners = [Owner(account_id=account.id, name=n) for n in ("ana", "bruno")]
-            session.add_all([inbox, *owners])
-            session.flush()
-            return {
-                "account": account.id,
-                "inbox": inbox.id,
-                "owner": owners[0].id,
-                "owner2": owners[1].id,
-            }
+        return new_account(tier, created_at, secrets={"signing_secret": secret})
 
     return make

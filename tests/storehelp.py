@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ from handlers import ingest, pipeline
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
 from store.db import reading, transaction
-from store.models import Conversation, Ticket
+from store.models import Account, Conversation, Inbox, Owner, Ticket
 
 P = TypeVar("P")
 
@@ -22,6 +23,31 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
+
+
+def new_account(
+    tier: str = "free",
+    created_at: datetime = datetime(2023, 1, 1, tzinfo=UTC),
+    **inbox: Any,
+) -> dict[str, int]:
+    """An account with one inbox (generic unless ``inbox`` says otherwise) and two owners."""
+    with transaction() as session:
+        account = Account(name=f"acct-{uuid.uuid4().hex[:6]}", tier=tier, created_at=created_at)
+        session.add(account)
+        session.flush()
+        row = Inbox(
+            account_id=account.id,
+            **{"name": "support", "channel": "email", "provider": "generic", **inbox},
+        )
+        owners = [Owner(account_id=account.id, name=n) for n in ("ana", "bruno")]
+        session.add_all([row, *owners])
+        session.flush()
+        return {
+            "account": account.id,
+            "inbox": row.id,
+            "owner": owners[0].id,
+            "owner2": owners[1].id,
+        }
 
 
 def inbound(

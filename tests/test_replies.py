@@ -23,7 +23,7 @@ from handlers.outbound.compose import ComposeError
 from handlers.outbound.replies import ReplyRefused
 from schemas.outbound import ReplyIn
 from store.db import reading, transaction
-from store.models import Account, Inbox, Message, Reply
+from store.models import Message, Reply
 from tests.fakeproviders import (
     MAILGUN_KEY,
     POSTMARK_TOKEN,
@@ -33,7 +33,7 @@ from tests.fakeproviders import (
     fake_providers,
     fake_smtp,
 )
-from tests.storehelp import at, store
+from tests.storehelp import at, new_account, store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "email"
 CUSTOMER_MAIL_ID = "CAF=order1001@mail.example.com"
@@ -65,22 +65,8 @@ def outbound(via: str, url: str = "", **extra: Any) -> dict[str, Any]:
 
 def customer_conversation(config: dict[str, Any] | None) -> int:
     """An inbox replying through ``config`` and a conversation holding one customer mail."""
-    with transaction() as session:
-        account = Account(name="acme", tier="free", created_at=datetime(2023, 1, 1, tzinfo=UTC))
-        session.add(account)
-        session.flush()
-        inbox = Inbox(
-            account_id=account.id,
-            name="support",
-            channel="email",
-            provider="rfc822",
-            secrets={"bearer_secret": "x"},
-            outbound=config,
-        )
-        session.add(inbox)
-        session.flush()
-        inbox_id = inbox.id
-    [outcome] = store(*mail_in(inbox_id, (FIXTURES / "plain_utf8.eml").read_bytes()))
+    inbox = new_account(provider="rfc822", secrets={"bearer_secret": "x"}, outbound=config)
+    [outcome] = store(*mail_in(inbox["inbox"], (FIXTURES / "plain_utf8.eml").read_bytes()))
     assert outcome.conversation_id is not None
     return outcome.conversation_id
 

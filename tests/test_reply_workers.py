@@ -19,7 +19,7 @@ from api.app import create_app
 from api.webhooks import Ingress
 from handlers.outbound import replies
 from settings import get_settings
-from tests.apihelp import ADMIN, eventually
+from tests.apihelp import eventually, setup_account
 from tests.fakeproviders import POSTMARK_TOKEN, FakeProviders, fake_providers
 from tests.workerhelp import start_worker, stop
 
@@ -40,32 +40,29 @@ def client(db: None) -> Iterator[TestClient]:
 
 
 def mail_inbox(client: TestClient, fake: FakeProviders) -> dict[str, Any]:
-    account = client.post("/accounts", json={"name": "acme", "tier": "free"}, headers=ADMIN).json()
-    token = client.post(f"/accounts/{account['id']}/tokens", json={}, headers=ADMIN).json()
-    auth = {"Authorization": f"Bearer {token['token']}"}
-    inbox = client.post(
-        "/inboxes",
-        json={
-            "name": "support",
-            "channel": "email",
-            "provider": "rfc822",
-            "secrets": {"bearer_secret": "raw-s3cret"},
-            "outbound": {
-                "via": "postmark",
-                "from": "Acme Support <support@acme.test>",
-                "server_token": POSTMARK_TOKEN,
-                "api_url": fake.url,
-                "timeout_s": 20,
-            },
-        },
-        headers=auth,
-    )
-    assert inbox.status_code == 201, inbox.text
-    assert inbox.json()["replies_via"] == "postmark"
-    return {"auth": auth, "inbox": inbox.json()["id"]}
+    """An account whose inbox takes raw mail and replies through the fake Postmark."""
+    outbound = {
+        "via": "postmark",
+        "from": "Acme Support <support@acme.test>",
+        "server_token": POSTMARK_TOKEN,
+        "api_url": fake.url,
+        "timeout_s": 20,
+    }
+    inbox = {
+        "name": "support",
+        "channel": "email",
+        "provider": "rfc822",
+        "secrets": {"bearer_secret": "raw-s3cret"},
+        "outbound": outbound,
+    }
+    setup = setup_account(client, inbox=inbox)
+    listed = client.get("/inboxes", headers=setup["auth"]).json()
+    assert listed[0]["replies_via"] == "postmark"
+    return setup
 
 
 def customer_writes(client: TestClient, inbox: int, auth: dict[str, str]) -> int:
+    """The customer's mail through the webhook; the id of the conversation a worker made."""
     answer = client.post(
         f"/webhooks/{inbox}",
         content=MAIL,
@@ -74,6 +71,15 @@ def customer_writes(client: TestClient, inbox: int, auth: dict[str, str]) -> int
     assert answer.status_code == 202, answer.text
     convs = eventually(lambda: client.get("/conversations", headers=auth).json(), timeout=60)
     return int(convs[0]["id"])
+
+
+def customer_wrote(client: TestClient, setup: dict[str, Any]) -> int:
+    """As ``customer_writes``, with an ingest worker of its own for the while."""
+    worker = start_worker("-Q", "ingest", "-c", "1")
+    try:
+        return customer_writes(client, setup["inbox"], setup["auth"])
+    finally:
+        stop(worker)
 
 
 def test_reply_through_the_api_is_sent_once_by_a_worker(client: TestClient, fake: FakeProviders):
@@ -106,11 +112,7 @@ def test_reply_through_the_api_is_sent_once_by_a_worker(client: TestClient, fake
 
 def test_api_refusals_say_what_is_wrong(client: TestClient, fake: FakeProviders):
     setup = mail_inbox(client, fake)
-    worker = start_worker("-Q", "ingest", "-c", "1")
-    try:
-        conv = customer_writes(client, setup["inbox"], setup["auth"])
-    finally:
-        stop(worker)
+    conv = customer_wrote(client, setup)
     auth = setup["auth"]
     bad_to = client.post(
         f"/conversations/{conv}/replies", json={"text": "x", "to": ["nope"]}, headers=auth
@@ -134,11 +136,7 @@ def test_worker_killed_mid_send_the_next_one_asks_instead_of_sending_again(
     client: TestClient, fake: FakeProviders
 ):
     setup = mail_inbox(client, fake)
-    ingest = start_worker("-Q", "ingest", "-c", "1")
-    try:
-        conv = customer_writes(client, setup["inbox"], setup["auth"])
-    finally:
-        stop(ingest)
+    conv = customer_wrote(client, setup)
     fake.faults.append("block")  # Postmark takes the mail and holds the answer
     lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
     first = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)

@@ -37,6 +37,7 @@ from handlers.outbound.base import LookupUnsupported, Outcome, SendFailed
 from handlers.outbound.compose import compose
 from schemas.outbound import OutboundConfig, OutboundMail, ReplyIn
 from settings import Settings, get_settings
+from store.cases import aware
 from store.db import reading, transaction
 from store.models import Conversation, Inbox, Message, Reply
 
@@ -303,7 +304,7 @@ def _not_due(reply_id: int, now: datetime) -> Attempted:
             select(Reply.state, Reply.next_attempt_at).where(Reply.id == reply_id)
         ).first()
     if row is not None and row.state == "queued" and row.next_attempt_at is not None:
-        due = _aware(row.next_attempt_at)
+        due = aware(row.next_attempt_at)
         return Attempted("skipped", retry_in_s=max((due - now).total_seconds(), 0.0))
     return Attempted("skipped")
 
@@ -410,7 +411,3 @@ def _requeue_stale(session: Session, row: Row[int, int], now: datetime, settings
     session.execute(
         update(Reply).where(Reply.id == row.id, Reply.state == "sending").values(**values)
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
