@@ -73,13 +73,13 @@ def test_attachments_are_kept_and_served_to_their_account(client: TestClient, ma
 def test_the_same_file_is_one_blob_however_often_it_arrives(make_account):
     first, second = make_account(), make_account()
     deliver(first["inbox"])
-    deliver(second["inbox"])
+    paths = [blob_store().path(hashlib.sha256(d).hexdigest()) for d in parts()]
+    written = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in paths]
+    deliver(second["inbox"])  # the same files in another account's mail
     deliver(first["inbox"])  # a duplicate delivery
-    root = blob_store().root / "sha256"
-    stored = {p.name for p in root.rglob("*") if p.is_file()}
-    digests = {hashlib.sha256(d).hexdigest()[2:] for d in parts()}
-    assert digests <= stored
-    assert not [p for p in root.rglob(".tmp-*")]
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in paths] == written  # not rewritten
+    assert [p.read_bytes() for p in paths] == parts()
+    assert not list((blob_store().root / "sha256").rglob(".tmp-*"))
 
 
 def test_an_attachment_over_the_limit_is_listed_but_not_kept(tmp_path: Path):

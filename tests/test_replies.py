@@ -24,6 +24,7 @@ from handlers.outbound.replies import ReplyRefused
 from schemas.outbound import ReplyIn
 from store.db import reading, transaction
 from store.models import Message, Reply
+from tests.apihelp import eventually
 from tests.fakeproviders import (
     MAILGUN_KEY,
     POSTMARK_TOKEN,
@@ -196,7 +197,7 @@ def test_a_second_run_while_the_first_is_sending_sends_nothing(fake: FakeProvide
     first = threading.Thread(target=replies.attempt, args=(rid,))
     first.start()
     try:
-        _wait(lambda: fake.sends("postmark"))
+        eventually(lambda: fake.sends("postmark"), timeout=10)
         assert reply(rid).state == "sending"
         assert replies.attempt(rid).outcome == "skipped"
     finally:
@@ -289,7 +290,7 @@ def test_a_worker_that_died_mid_send_is_taken_over_and_its_late_answer_is_ignore
     stuck = threading.Thread(target=replies.attempt, args=(rid,))
     stuck.start()  # "dies": it stays inside the provider call until released
     try:
-        _wait(lambda: fake.sends("postmark"))
+        eventually(lambda: fake.sends("postmark"), timeout=10)
         assert replies.sweep(now=later()) == [rid]  # lease ran out: requeued, uncertain
         assert reply(rid).uncertain
         assert replies.attempt(rid, now=later(2)).outcome == "sent"  # found by lookup
@@ -377,14 +378,6 @@ def test_smtp_without_a_final_answer_is_not_sent_twice(smtp: FakeSmtp):
     assert replies.attempt(rid, now=later()).outcome == "failed"
     assert "outcome unknown" in (reply(rid).error or "")
     assert len(smtp.mails) == 1
-
-
-def _wait(check: Any, timeout: float = 10.0) -> None:
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-    while not check():
-        if datetime.now(UTC) > deadline:
-            raise AssertionError("condition not met")
-        threading.Event().wait(0.02)
 
 
 # CLI ------------------------------------------------------------------------------------------

@@ -227,13 +227,13 @@ def attempt(reply_id: int, *, now: datetime | None = None) -> Attempted:
     claimed = _claim(reply_id, now, settings)
     if claimed is None:
         return _not_due(reply_id, now)
-    number, uncertain, mail_json, raw_config = claimed
+    number, left, uncertain, mail_json, raw_config = claimed
     try:
         mail = OutboundMail.model_validate(mail_json)
         config = parse_config(raw_config)
         provider_id = _deliver(mail, config, uncertain)
     except SendFailed as exc:
-        return _failed_attempt(reply_id, number, exc, now, settings)
+        return _failed_attempt(reply_id, number, left, exc, now, settings)
     except LookupUnsupported as exc:
         _record(
             reply_id,
@@ -248,7 +248,7 @@ def attempt(reply_id: int, *, now: datetime | None = None) -> Attempted:
         return Attempted("failed")
     except Exception as exc:  # a bug, or a library's surprise: never a blind second send
         failure = SendFailed(f"{type(exc).__name__}: {exc}", outcome="uncertain")
-        return _failed_attempt(reply_id, number, failure, now, settings)
+        return _failed_attempt(reply_id, number, left, failure, now, settings)
     _record(reply_id, number, state="sent", provider_message_id=provider_id[:300], sent_at=now)
     return Attempted("sent")
 
@@ -272,7 +272,9 @@ def _deliver(mail: OutboundMail, config: Any, uncertain: bool) -> str:
 
 def _claim(
     reply_id: int, now: datetime, settings: Settings
-) -> tuple[int, bool, dict[str, Any], dict[str, Any] | None] | None:
+) -> tuple[int, int, bool, dict[str, Any], dict[str, Any] | None] | None:
+    """Take the reply if it is due: its attempt number, attempts left after this one, whether
+    an earlier attempt's outcome is unknown, the mail, and the inbox's outbound setting."""
     with transaction() as session:
         taken = session.execute(
             update(Reply)
@@ -291,11 +293,11 @@ def _claim(
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             return None
         row = session.execute(
-            select(Reply.attempts, Reply.uncertain, Reply.mail, Inbox.outbound)
+            select(Reply.attempts, Reply.attempts_left, Reply.uncertain, Reply.mail, Inbox.outbound)
             .join(Inbox, Inbox.id == Reply.inbox_id)
             .where(Reply.id == reply_id)
         ).one()
-        return row.attempts, row.uncertain, row.mail, row.outbound
+        return row.attempts, row.attempts_left, row.uncertain, row.mail, row.outbound
 
 
 def _not_due(reply_id: int, now: datetime) -> Attempted:
@@ -312,11 +314,11 @@ def _not_due(reply_id: int, now: datetime) -> Attempted:
 def _failed_attempt(
     reply_id: int,
     number: int,
+    left: int,
     exc: SendFailed,
     now: datetime,
     settings: Settings,
 ) -> Attempted:
-    left = _attempts_left(reply_id)
     if exc.outcome == "permanent" or left <= 0:
         prefix = "" if exc.outcome == "permanent" else "gave up after the last attempt: "
         _record(reply_id, number, state="failed", error=f"{prefix}{exc}")
@@ -345,11 +347,6 @@ def backoff(settings: Settings, attempt_number: int) -> float:
         settings.outbound_retry_base_s * 2 ** max(attempt_number - 1, 0),
     )
     return step / 2 + random.uniform(0, step / 2)
-
-
-def _attempts_left(reply_id: int) -> int:
-    with reading() as session:
-        return int(session.scalar(select(Reply.attempts_left).where(Reply.id == reply_id)) or 0)
 
 
 def _record(reply_id: int, number: int, **values: Any) -> bool:
