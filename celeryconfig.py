@@ -35,6 +35,7 @@ else:
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": 30,  # a worker killed mid-sweep blocks sweeps this long
         "socket_connect_timeout": 3,
+        "global_keyprefix": _settings.redis_key_prefix,
     }
 
 task_serializer = "json"

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     embedded_visibility_timeout_s: float = 60.0
     redis_visibility_timeout_s: float = 3600.0
     redis_restore_interval_s: int = 10
+    # Every Redis key the broker uses starts with this (kombu's global_keyprefix): several
+    # deployments, or a test run, can share one Redis database without seeing each other.
+    redis_key_prefix: str = ""
     retention_days: int = 30
 
     @property

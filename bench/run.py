@@ -11,7 +11,7 @@ over keep-alive HTTP connections from a separate load process, like a provider w
 - reply sending throughput against a fake provider on loopback (bench/replies.py).
 
 Redis + PostgreSQL come from ``CELERY_BROKER_URL`` / ``DATABASE_URL`` (default: the local
-servers). The run uses a database and a Redis db number of its own and drops them at the end.
+servers). The run works in a schema and under a Redis key prefix of its own, removed at the end.
 Prints a table and writes it to bench/results.md. ``--profile`` also writes a pyinstrument
 profile of one worker to bench/profile-worker.txt.
 """
@@ -316,31 +316,15 @@ def measure_ingress(p: Pipeline, n: int, run: str) -> float:
 
 
 def redis_pg_env(base: dict[str, str], logs: Path) -> tuple[dict[str, str], Any]:
-    import psycopg
-    import redis
+    """The PostgreSQL database and Redis database the environment names, used through a schema
+    and a key prefix of this run's own (tests/scratch.py), removed at the end."""
+    from tests import scratch
 
     db_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     broker = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-    admin = db_url.replace("postgresql+psycopg://", "postgresql://")
-    name = "inboxsync_bench"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    bench_broker = broker.rsplit("/", 1)[0] + "/14"
-    redis.Redis.from_url(bench_broker).flushdb()
-
-    def cleanup() -> None:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        redis.Redis.from_url(bench_broker).flushdb()
-
-    env = {
-        **base,
-        "DATABASE_URL": admin.rsplit("/", 1)[0] + f"/{name}",
-        "CELERY_BROKER_URL": bench_broker,
-        "INBOXSYNC_DATA_DIR": str(logs),
-    }
-    return env, cleanup
+    made = scratch.make(db_url, broker, "bench")
+    env = {**base, **made.env, "INBOXSYNC_DATA_DIR": str(logs)}
+    return env, made.remove
 
 
 def run_script(name: str, n: int, env: dict[str, str]) -> dict[str, Any]:

@@ -15,7 +15,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url or get_settings().resolved_database_url)
+    # Alembic's config is a ConfigParser: a '%' in the URL (an escaped password, options=…)
+    # must be doubled or it is read as interpolation.
+    url = url or get_settings().resolved_database_url
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

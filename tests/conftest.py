@@ -1,10 +1,11 @@
 """Test fixtures: a fresh store per test run, real services when the environment names them.
 
-With ``DATABASE_URL`` set (CI: the machine's PostgreSQL), the run creates its own database
-``inboxsync_test_<pid>`` next to the named one and drops it at the end; otherwise a SQLite file in
-a temporary directory. With ``CELERY_BROKER_URL`` set (CI: Redis), worker tests use that broker;
-otherwise the embedded SQLite broker. The variables are read here once and then replaced by the
-run's own, so that nothing touches a developer's data.
+With ``DATABASE_URL`` set (CI: the machine's PostgreSQL), the run works in a schema of its own
+inside that database and drops it at the end; otherwise a SQLite file in a temporary directory.
+With ``CELERY_BROKER_URL`` set (CI: Redis), worker tests use that Redis database with every key
+under a prefix of the run's own, deleted at the end; otherwise the embedded SQLite broker. Nothing
+else is created, flushed or dropped (tests/scratch.py). The variables are read here once and then
+replaced by the run's own, so that nothing touches a developer's data.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, make_url, text
+from sqlalchemy import delete, text
+
+from tests import scratch
 
 DATA_DIR = Path(os.environ.get("PYTEST_INBOXSYNC_DIR", f"/tmp/inboxsync-test-{os.getpid()}"))
 _ORIGINAL_DB = os.environ.pop("DATABASE_URL", None) or os.environ.pop(
@@ -24,44 +27,18 @@ _ORIGINAL_DB = os.environ.pop("DATABASE_URL", None) or os.environ.pop(
 _ORIGINAL_BROKER = os.environ.pop("CELERY_BROKER_URL", None) or os.environ.pop(
     "INBOXSYNC_CELERY_BROKER_URL", None
 )
-
-
-def _test_database_url() -> str:
-    if not _ORIGINAL_DB:
-        return f"sqlite:///{DATA_DIR / 'store.sqlite'}"
-    import psycopg
-
-    url = make_url(_ORIGINAL_DB.replace("postgresql://", "postgresql+psycopg://", 1))
-    name = f"inboxsync_test_{os.getpid()}"
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
-def _test_broker_url() -> str:
-    if not _ORIGINAL_BROKER:
-        return f"sqlq+sqlite:///{DATA_DIR / 'broker.sqlite'}"
-    if _ORIGINAL_BROKER.startswith("redis://"):
-        # A database number of its own, flushed at start: no leftovers from other runs.
-        import redis
-
-        base = (
-            _ORIGINAL_BROKER.rsplit("/", 1)[0]
-            if _ORIGINAL_BROKER.count("/") > 2
-            else (_ORIGINAL_BROKER.rstrip("/"))
-        )
-        url = f"{base}/13"
-        redis.Redis.from_url(url).flushdb()
-        return url
-    return _ORIGINAL_BROKER
-
+SCRATCH = scratch.make(_ORIGINAL_DB, _ORIGINAL_BROKER, "test")
 
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 os.environ["INBOXSYNC_DATA_DIR"] = str(DATA_DIR)
-os.environ["DATABASE_URL"] = _test_database_url()
-os.environ["CELERY_BROKER_URL"] = _test_broker_url()
+os.environ["DATABASE_URL"] = SCRATCH.env.get(
+    "DATABASE_URL", _ORIGINAL_DB or f"sqlite:///{DATA_DIR / 'store.sqlite'}"
+)
+os.environ["CELERY_BROKER_URL"] = SCRATCH.env.get(
+    "CELERY_BROKER_URL", _ORIGINAL_BROKER or f"sqlq+sqlite:///{DATA_DIR / 'broker.sqlite'}"
+)
+if "INBOXSYNC_REDIS_KEY_PREFIX" in SCRATCH.env:
+    os.environ["INBOXSYNC_REDIS_KEY_PREFIX"] = SCRATCH.env["INBOXSYNC_REDIS_KEY_PREFIX"]
 os.environ.setdefault("INBOXSYNC_ADMIN_TOKEN", "test-admin-token")
 os.environ.setdefault("INBOXSYNC_API_WAIT_TIMEOUT_S", "20")
 # Replies: short waits, so that retries and recovery happen within a test (worker processes
@@ -77,7 +54,8 @@ USING_REDIS = os.environ["CELERY_BROKER_URL"].startswith("redis")
 def pytest_report_header() -> list[str]:
     return [
         f"inboxsync store: {os.environ['DATABASE_URL']}",
-        f"inboxsync broker: {os.environ['CELERY_BROKER_URL']}",
+        f"inboxsync broker: {os.environ['CELERY_BROKER_URL']}"
+        + (f" (keys under {SCRATCH.redis_prefix})" if SCRATCH.redis_prefix else ""),
     ]
 
 
@@ -85,18 +63,7 @@ def pytest_sessionfinish() -> None:
     from store.db import reset_engine
 
     reset_engine()
-    if USING_POSTGRES:
-        import psycopg
-
-        url = make_url(os.environ["DATABASE_URL"])
-        admin = url.set(drivername="postgresql", database=make_url(_ORIGINAL_DB or "").database)
-        try:
-            with psycopg.connect(
-                admin.render_as_string(hide_password=False), autocommit=True
-            ) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-        except psycopg.Error:
-            pass  # a worker still connected; the next run drops it by name
+    SCRATCH.remove()
 
 
 @pytest.fixture(scope="session")
