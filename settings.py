@@ -53,8 +53,6 @@ class Settings(BaseSettings):
     # Ingress: deliveries are grouped into one broker message per batch (see api/batcher.py).
     ingest_batch_max: int = 200
     ingest_batch_window_ms: float = 5.0
-    # A worker stores up to this many journaled deliveries per transaction (see pipeline._claim).
-    ingest_claim_max: int = 500
     # Journaled deliveries not stored this long after their enqueue are enqueued again (their
     # broker message was lost); the ingress checks every sweep_interval_s.
     sweep_after_s: float = 120.0

@@ -11,8 +11,19 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api import attachments, batcher, cases, errors, replies, resources, webhooks
-from handlers import pipeline
+from api import (
+    attachments,
+    batcher,
+    cases,
+    contacts,
+    deliveries,
+    errors,
+    messages,
+    replies,
+    resources,
+    webhooks,
+)
+from handlers import journal, pipeline
 from handlers.outbound import replies as outbound_replies
 from settings import Settings, get_settings
 
@@ -31,11 +42,15 @@ def publish_ids(delivery_ids: list[int]) -> None:
     )
 
 
-def enqueue(deliveries: list[dict[str, Any]]) -> None:
+def enqueue(deliveries: list[dict[str, Any]]) -> list[int | None]:
     """Journal a batch of deliveries in the store, then put one message with their ids on the
-    broker. Either failing fails every request of the batch (503); a journaled batch whose
-    publish failed is enqueued again by the sweeper, and the providers' retries dedupe."""
-    publish_ids(pipeline.journal(deliveries))
+    broker; the id of each (None: a replay, journaled before). Either failing fails every request
+    of the batch (503); a journaled batch whose publish failed is enqueued again by the sweeper,
+    and the providers' retries dedupe."""
+    ids = journal.journal(deliveries)
+    if kept := [i for i in ids if i is not None]:
+        publish_ids(kept)
+    return ids
 
 
 def publish_replies(reply_ids: list[int]) -> None:
@@ -46,22 +61,31 @@ def publish_replies(reply_ids: list[int]) -> None:
 
 
 async def sweep_forever(settings: Settings) -> None:
-    """Re-enqueue journaled deliveries whose broker message was lost (see pipeline.sweep), and
-    replies that are due but not on the broker or whose worker died (see replies.sweep)."""
+    """Re-enqueue journaled deliveries and pending changes whose broker message was lost (see
+    handlers/journal.py), and replies that are due but not on the broker or whose worker died
+    (see replies.sweep)."""
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
         try:
-            await run_in_threadpool(pipeline.forget_tokens, 2 * settings.webhook_tolerance_seconds)
-            while ids := await run_in_threadpool(pipeline.sweep, settings.sweep_after_s):
-                for start in range(0, len(ids), settings.ingest_batch_max):
-                    await run_in_threadpool(
-                        publish_ids, ids[start : start + settings.ingest_batch_max]
-                    )
-                log.warning("re-enqueued %d deliveries whose broker message was lost", len(ids))
-            if due := await run_in_threadpool(outbound_replies.sweep):
-                await run_in_threadpool(publish_replies, due)
+            await run_in_threadpool(sweep_once, settings)
         except Exception:
             log.exception("sweep failed; trying again in %s s", settings.sweep_interval_s)
+
+
+def sweep_once(settings: Settings) -> None:
+    from api.changes import publish
+
+    journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
+    while ids := journal.sweep(settings.sweep_after_s):
+        for start in range(0, len(ids), settings.ingest_batch_max):
+            publish_ids(ids[start : start + settings.ingest_batch_max])
+        log.warning("re-enqueued %d deliveries whose broker message was lost", len(ids))
+    while lost := journal.sweep_changes(settings.sweep_after_s):
+        for queue, envelope in lost:
+            publish(envelope, queue)
+        log.warning("re-enqueued %d changes whose broker message was lost", len(lost))
+    if due := outbound_replies.sweep():
+        publish_replies(due)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -102,6 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cases.router)
     app.include_router(replies.router)
     app.include_router(attachments.router)
+    app.include_router(messages.router)
+    app.include_router(contacts.router)
+    app.include_router(deliveries.router)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from api.auth import Caller
 from api.errors import ApiError, not_found
+from schemas.types import Id
 from store.blobs import blob_store
 from store.db import reading
 from store.models import Conversation, Message
@@ -23,7 +24,7 @@ router = APIRouter(tags=["conversations"])
     responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
     summary="Download an attachment (n counts from 0, in the order the message lists them)",
 )
-def download(message_id: int, index: int, who: Caller) -> Response:
+def download(message_id: Id, index: Id, who: Caller) -> Response:
     with reading() as session:
         row = session.execute(
             select(Message.headers, Conversation.account_id)

@@ -2,10 +2,11 @@
 
 Each request hands its deliveries to ``submit`` and waits. The flusher takes everything waiting
 (up to ``max_items``) and writes it (``write``: journal + publish, api/app.py) in a worker
-thread; only then are the requests' futures resolved, so a request is answered 2xx only after
-its deliveries are durable, and 503 if the write failed. Up to ``concurrency`` writes run at
-once; while they are in flight new requests pile up, so batches grow with load by themselves.
-When nothing is in flight, a request waits at most ``window_s`` for company.
+thread; only then are the requests' futures resolved, with their deliveries' ids, so a request
+is answered 2xx only after its deliveries are durable, and 503 if the write failed. Up to
+``concurrency`` writes run at once; while they are in flight new requests pile up, so batches
+grow with load by themselves. When nothing is in flight, a request waits at most
+``window_s`` for company.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-Write = Callable[[list[dict[str, Any]]], None]
-Waiting = tuple[list[dict[str, Any]], asyncio.Future[None]]
+Ids = list[int | None]
+Write = Callable[[list[dict[str, Any]]], Ids]
+Waiting = tuple[list[dict[str, Any]], asyncio.Future[Ids]]
 
 
 class Batcher:
@@ -34,13 +36,13 @@ class Batcher:
         self._flushes: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="enqueue")
 
-    async def submit(self, deliveries: list[dict[str, Any]]) -> None:
-        """Return once ``deliveries`` are durably queued; raise what the write raised."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, deliveries: list[dict[str, Any]]) -> Ids:
+        """Their ids once ``deliveries`` are durably queued; raise what the write raised."""
+        future: asyncio.Future[Ids] = asyncio.get_running_loop().create_future()
         self._waiting.append((deliveries, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_all())
-        await future
+        return await future
 
     async def _flush_all(self) -> None:
         while self._waiting:
@@ -65,15 +67,19 @@ class Batcher:
     async def _flush(self, batch: list[Waiting]) -> None:
         items = [d for deliveries, _ in batch for d in deliveries]
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, items)
+            ids = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._write, items
+            )
         except Exception as exc:  # every request of the batch hears it
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for _, future in batch:
+            start = 0
+            for deliveries, future in batch:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(ids[start : start + len(deliveries)])
+                start += len(deliveries)
         finally:
             self._in_flight -= 1
             self._slots.release()

@@ -6,15 +6,13 @@ write is identified, routed and answered.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy import select
 
-from api import changes
+from api import changes, views
 from api.auth import Caller
-from api.errors import JSON, ApiError, not_found
-from api.views import conversation_out, ticket_out
+from api.errors import JSON, ApiError
 from schemas import changes as c
 from schemas.api import (
     AssociateIn,
@@ -30,8 +28,9 @@ from schemas.api import (
     TicketStatus,
     TicketStatusIn,
 )
+from schemas.types import Id
 from store.db import reading
-from store.models import Change, Conversation, Ticket
+from store.models import Conversation, Ticket
 
 router = APIRouter()
 IdempotencyKey = Annotated[
@@ -50,91 +49,90 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 # ---- reads -------------------------------------------------------------------------------------
 
 
+Trashed = Literal["false", "true", "any"]
+
+
 @router.get("/conversations", response_model=list[ConversationOut], tags=["conversations"])
 def list_conversations(
     who: Caller,
     status: ConversationStatus | None = None,
-    owner_id: int | None = None,
+    owner_id: Id | None = None,
     location: Location | None = None,
-    inbox_id: int | None = None,
-    trashed: bool = False,
-    after_id: int = 0,
+    inbox_id: Id | None = None,
+    contact_id: Id | None = None,
+    trashed: Annotated[
+        Trashed, Query(description="false (default): live ones; true: trashed; any: all")
+    ] = "false",
+    after_id: Id = 0,
     limit: int = Query(default=50, ge=1, le=500),
 ) -> Any:
+    """Conversations by id, after ``after_id`` (pass the last id of a page to get the next)."""
+    where = [Conversation.id > after_id]
+    if not who.is_admin:
+        where.append(Conversation.account_id == who.account_id)
+    for column, value in (
+        (Conversation.status, status),
+        (Conversation.owner_id, owner_id),
+        (Conversation.location, location),
+        (Conversation.inbox_id, inbox_id),
+        (Conversation.contact_id, contact_id),
+    ):
+        if value is not None:
+            where.append(column == value)
+    if trashed == "false":
+        where.append(Conversation.removed_by.is_(None))
+    elif trashed == "true":
+        where += [Conversation.removed_by.is_not(None), Conversation.merged_into.is_(None)]
     with reading() as session:
-        query = select(Conversation).where(Conversation.id > after_id)
-        if not who.is_admin:
-            query = query.where(Conversation.account_id == who.account_id)
-        if status is not None:
-            query = query.where(Conversation.status == status)
-        if owner_id is not None:
-            query = query.where(Conversation.owner_id == owner_id)
-        if location is not None:
-            query = query.where(Conversation.location == location)
-        if inbox_id is not None:
-            query = query.where(Conversation.inbox_id == inbox_id)
-        query = query.where(
-            Conversation.removed_by.is_not(None) if trashed else Conversation.removed_by.is_(None)
-        )
-        rows = session.scalars(query.order_by(Conversation.id).limit(limit)).all()
-        return [conversation_out(session, r) for r in rows]
+        return views.conversations(session, where, limit=limit)
 
 
 @router.get(
     "/conversations/{conversation_id}", response_model=ConversationOut, tags=["conversations"]
 )
-def get_conversation(conversation_id: int, who: Caller) -> Any:
+def get_conversation(conversation_id: Id, who: Caller) -> Any:
     with reading() as session:
-        conv = session.get(Conversation, conversation_id)
+        conv = views.conversation(session, conversation_id)
         who.require("conversation", conversation_id, None if conv is None else conv.account_id)
-        assert conv is not None
-        return conversation_out(session, conv, with_messages=True)
+        return conv
 
 
 @router.get("/tickets", response_model=list[TicketOut], tags=["tickets"])
 def list_tickets(
     who: Caller,
     status: TicketStatus | None = None,
-    owner_id: int | None = None,
+    owner_id: Id | None = None,
     location: Location | None = None,
     deleted: bool = False,
-    after_id: int = 0,
+    after_id: Id = 0,
     limit: int = Query(default=50, ge=1, le=500),
 ) -> Any:
+    where = [Ticket.id > after_id]
+    if not who.is_admin:
+        where.append(Ticket.account_id == who.account_id)
+    for column, value in (
+        (Ticket.status, status),
+        (Ticket.owner_id, owner_id),
+        (Ticket.location, location),
+    ):
+        if value is not None:
+            where.append(column == value)
+    where.append(Ticket.removed_by.is_not(None) if deleted else Ticket.removed_by.is_(None))
     with reading() as session:
-        query = select(Ticket).where(Ticket.id > after_id)
-        if not who.is_admin:
-            query = query.where(Ticket.account_id == who.account_id)
-        if status is not None:
-            query = query.where(Ticket.status == status)
-        if owner_id is not None:
-            query = query.where(Ticket.owner_id == owner_id)
-        if location is not None:
-            query = query.where(Ticket.location == location)
-        query = query.where(
-            Ticket.removed_by.is_not(None) if deleted else Ticket.removed_by.is_(None)
-        )
-        rows = session.scalars(query.order_by(Ticket.id).limit(limit)).all()
-        return [ticket_out(session, r) for r in rows]
+        return views.tickets(session, where, limit=limit)
 
 
 @router.get("/tickets/{ticket_id}", response_model=TicketOut, tags=["tickets"])
-def get_ticket(ticket_id: int, who: Caller) -> Any:
+def get_ticket(ticket_id: Id, who: Caller) -> Any:
     with reading() as session:
-        ticket = session.get(Ticket, ticket_id)
-        who.require("ticket", ticket_id, None if ticket is None else ticket.account_id)
-        assert ticket is not None
-        return ticket_out(session, ticket)
+        found = views.tickets(session, [Ticket.id == ticket_id])
+        who.require("ticket", ticket_id, found[0].account_id if found else None)
+        return found[0]
 
 
 @router.get("/changes/{change_id:path}", response_model=ChangeOut, tags=["changes"])
 def get_change(change_id: str, who: Caller) -> Any:
-    with reading() as session:
-        change = session.get(Change, change_id)
-        if change is None or not who.sees(change.account_id):
-            raise not_found("change", change_id)
-    body, status = changes.render(change)
-    return JSON(body, status_code=status)
+    return changes.read(change_id, who)
 
 
 # ---- actions -----------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ def _write(path: str, summary: str, tag: str) -> Any:
     "tickets",
 )
 async def create_ticket(
-    conversation_id: int,
+    conversation_id: Id,
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
@@ -165,7 +163,7 @@ async def create_ticket(
 
 @_write("/tickets/{ticket_id}/conversations", "Associate another conversation (T3)", "tickets")
 async def associate(
-    ticket_id: int,
+    ticket_id: Id,
     body: AssociateIn,
     request: Request,
     who: Caller,
@@ -183,8 +181,8 @@ async def associate(
     tags=["tickets"],
 )
 async def dissociate(
-    ticket_id: int,
-    conversation_id: int,
+    ticket_id: Id,
+    conversation_id: Id,
     request: Request,
     who: Caller,
     idempotency_key: IdempotencyKey = None,
@@ -197,7 +195,7 @@ async def dissociate(
     "/conversations/{conversation_id}/owner", "Set the conversation's owner (O1)", "conversations"
 )
 async def set_conversation_owner(
-    conversation_id: int,
+    conversation_id: Id,
     body: OwnerChangeIn,
     request: Request,
     who: Caller,
@@ -209,7 +207,7 @@ async def set_conversation_owner(
 
 @_write("/tickets/{ticket_id}/owner", "Set the ticket's owner (O2)", "tickets")
 async def set_ticket_owner(
-    ticket_id: int,
+    ticket_id: Id,
     body: OwnerChangeIn,
     request: Request,
     who: Caller,
@@ -223,7 +221,7 @@ async def set_ticket_owner(
     "/conversations/{conversation_id}/status", "Open or close a conversation (S3)", "conversations"
 )
 async def set_conversation_status(
-    conversation_id: int,
+    conversation_id: Id,
     body: ConversationStatusIn,
     request: Request,
     who: Caller,
@@ -235,7 +233,7 @@ async def set_conversation_status(
 
 @_write("/conversations/{conversation_id}/close", "Close a conversation (S3)", "conversations")
 async def close_conversation(
-    conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+    conversation_id: Id, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSON:
     action = c.SetConversationStatus(conversation_id=conversation_id, status="closed")
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
@@ -243,7 +241,7 @@ async def close_conversation(
 
 @_write("/tickets/{ticket_id}/status", "Set the ticket's stage (S1, S2)", "tickets")
 async def set_ticket_status(
-    ticket_id: int,
+    ticket_id: Id,
     body: TicketStatusIn,
     request: Request,
     who: Caller,
@@ -255,7 +253,7 @@ async def set_ticket_status(
 
 @_write("/conversations/{conversation_id}/trash", "Trash a conversation (D1, D2)", "conversations")
 async def trash_conversation(
-    conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+    conversation_id: Id, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSON:
     action = c.TrashConversation(conversation_id=conversation_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
@@ -269,7 +267,7 @@ async def trash_conversation(
     tags=["tickets"],
 )
 async def delete_ticket(
-    ticket_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+    ticket_id: Id, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSON:
     action = c.DeleteTicket(ticket_id=ticket_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
@@ -279,7 +277,7 @@ async def delete_ticket(
     "/conversations/{conversation_id}/restore", "Restore what trashing removed", "conversations"
 )
 async def restore_conversation(
-    conversation_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+    conversation_id: Id, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSON:
     action = c.RestoreConversation(conversation_id=conversation_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)
@@ -287,7 +285,7 @@ async def restore_conversation(
 
 @_write("/tickets/{ticket_id}/restore", "Restore what deleting removed", "tickets")
 async def restore_ticket(
-    ticket_id: int, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
+    ticket_id: Id, request: Request, who: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSON:
     action = c.RestoreTicket(ticket_id=ticket_id)
     return await changes.submit(request, who, action, idempotency_key=idempotency_key)

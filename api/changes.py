@@ -19,16 +19,17 @@ from fastapi import Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from api import views
 from api.auth import Principal
 from api.errors import JSON, ApiError, not_found
-from api.views import account_of, conversation_out, ticket_out
-from handlers import pipeline
+from api.views import account_of
+from handlers import journal, pipeline
 from handlers.apply import request_digest
 from schemas import changes as c
 from schemas.api import ChangeOut
 from settings import get_settings
 from store.db import reading
-from store.models import Change, Conversation, DeadLetter, Ticket
+from store.models import Change, Conversation, DeadLetter, PendingChange, Ticket
 
 
 def change_id_for(account_id: int, key: str | None, given: str | None) -> str:
@@ -54,16 +55,19 @@ def _prepare(who: Principal, action: c.Action) -> tuple[int, str]:
         return accounts.pop(), pipeline.queue_for_action(session, action, get_settings())
 
 
-def _lookup(change_id: str) -> tuple[Change | None, DeadLetter | None]:
+Found = tuple[Change | None, DeadLetter | None, PendingChange | None]
+
+
+def _lookup(change_id: str) -> Found:
     with reading() as session:
         change = session.get(Change, change_id)
-        dead = None
-        if change is None:
-            dead = session.scalar(select(DeadLetter).where(DeadLetter.key == change_id).limit(1))
-        return change, dead
+        if change is not None:
+            return change, None, None
+        dead = session.scalar(select(DeadLetter).where(DeadLetter.key == change_id).limit(1))
+        return None, dead, None if dead else session.get(PendingChange, change_id)
 
 
-def _publish(envelope: dict[str, Any], queue: str) -> None:
+def publish(envelope: dict[str, Any], queue: str) -> None:
     from workers.app import app
 
     app.send_task(
@@ -75,6 +79,21 @@ def _publish(envelope: dict[str, Any], queue: str) -> None:
     )
 
 
+def placed_at(given: datetime | None, arrival: datetime) -> tuple[datetime, list[str]]:
+    """When a change happened: when the API got it, or the caller's earlier ``occurred_at``.
+    A time in the future of its arrival is clamped to the arrival, and the answer says so: no
+    clock of a caller's may place a change after things that happened after it."""
+    if given is None:
+        return arrival, []
+    if given <= arrival:
+        return given, []
+    note = (
+        f"occurred_at {given.isoformat()} is later than the change's arrival; "
+        f"placed at its arrival, {arrival.isoformat()}"
+    )
+    return arrival, [note]
+
+
 async def submit(
     request: Request,
     who: Principal,
@@ -84,52 +103,92 @@ async def submit(
     given_id: str | None = None,
     occurred_at: datetime | None = None,
 ) -> JSON:
+    arrival = datetime.now(UTC)
     account_id, queue = await run_in_threadpool(_prepare, who, action)
     change_id = change_id_for(account_id, idempotency_key, given_id)
     digest = request_digest(action)
-    change, dead = await run_in_threadpool(_lookup, change_id)
-    if change is None and dead is None:
-        envelope = c.ChangeEnvelope(
-            id=change_id,
-            account_id=account_id,
-            occurred_at=occurred_at or datetime.now(UTC),
-            action=action,
-            request_sha256=digest,
-        ).model_dump(mode="json")
-        await run_in_threadpool(_publish, envelope, queue)
-        change, dead = await _wait(change_id, get_settings().api_wait_timeout_s)
-    elif change is not None and change.request_sha256 and change.request_sha256 != digest:
+    found = await run_in_threadpool(_lookup, change_id)
+    change, dead, pending = found
+    prior_digest = (change.request_sha256 if change else None) or (
+        pending.envelope.get("request_sha256") if pending else None
+    )
+    if prior_digest and prior_digest != digest:
         raise ApiError(
             422,
             "idempotency_key_reused",
             f"change {change_id!r} was already made with a different request",
         )
-    return await run_in_threadpool(_answer, change_id, change, dead)
+    if change is None and dead is None:
+        if pending is None:
+            when, notes = placed_at(occurred_at, arrival)
+            envelope = c.ChangeEnvelope(
+                id=change_id,
+                account_id=account_id,
+                occurred_at=when,
+                action=action,
+                request_sha256=digest,
+                notes=notes,
+            ).model_dump(mode="json")
+            # Journaled first: a lost broker message is published again by the sweeper, and a
+            # retry that finds it pending publishes nothing more.
+            if await run_in_threadpool(journal.pend, change_id, account_id, queue, envelope):
+                await run_in_threadpool(publish, envelope, queue)
+        found = await _wait(change_id, get_settings().api_wait_timeout_s)
+    return await run_in_threadpool(_answer, change_id, *found)
 
 
-async def _wait(change_id: str, timeout: float) -> tuple[Change | None, DeadLetter | None]:
+def read(change_id: str, who: Principal) -> JSON:
+    """``GET /changes/{id}``: the result; ``pending`` while it is queued; never 404 for a change
+    the API accepted."""
+    change, dead, pending = _lookup(change_id)
+    account = None
+    if change is not None:
+        account = change.account_id
+    elif pending is not None:
+        account = pending.account_id
+    elif dead is not None:
+        args = (dead.payload or {}).get("args") or [{}]
+        account = args[0].get("account_id") if isinstance(args[0], dict) else None
+    if account is None or not who.sees(account):
+        raise not_found("change", change_id)
+    return _answer(change_id, change, dead, pending)
+
+
+async def _wait(change_id: str, timeout: float) -> Found:
     deadline = time.monotonic() + timeout
     pause = 0.005
     while True:
-        change, dead = await run_in_threadpool(_lookup, change_id)
-        if change is not None or dead is not None or time.monotonic() >= deadline:
-            return change, dead
+        found = await run_in_threadpool(_lookup, change_id)
+        if found[0] is not None or found[1] is not None or time.monotonic() >= deadline:
+            return found
         await asyncio.sleep(pause)
         pause = min(pause * 2, 0.1)
 
 
-def _answer(change_id: str, change: Change | None, dead: DeadLetter | None) -> JSON:
+def _answer(
+    change_id: str,
+    change: Change | None,
+    dead: DeadLetter | None,
+    pending: PendingChange | None = None,
+) -> JSON:
+    if change is not None:
+        return JSON(*render(change))
     if dead is not None:
         out = ChangeOut(change_id=change_id, status="failed", error=dead.error)
         return JSON(out.model_dump(mode="json"), status_code=422)
-    if change is None:
-        out = ChangeOut(change_id=change_id, status="pending")
-        return JSON(
-            out.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": f"/changes/{change_id}"},
-        )
-    return JSON(*render(change))
+    if pending is None:
+        raise not_found("change", change_id)
+    out = ChangeOut(
+        change_id=change_id,
+        status="pending",
+        occurred_at=pending.envelope.get("occurred_at"),
+        notes=pending.envelope.get("notes") or [],
+    )
+    return JSON(
+        out.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": f"/changes/{change_id}"},
+    )
 
 
 def render(change: Change) -> tuple[dict[str, Any], int]:
@@ -142,14 +201,17 @@ def render(change: Change) -> tuple[dict[str, Any], int]:
         replayed=result.replayed,
         error=result.error,
         effects=result.effects,
+        superseded=result.superseded,
+        occurred_at=change.occurred_at,
+        notes=result.notes,
     )
     with reading() as session:
         if result.conversation_id is not None:
-            conv = session.get(Conversation, result.conversation_id)
-            out.conversation = None if conv is None else conversation_out(session, conv)
+            convs = views.conversations(session, [Conversation.id == result.conversation_id])
+            out.conversation = convs[0] if convs else None
         if result.ticket_id is not None:
-            ticket = session.get(Ticket, result.ticket_id)
-            out.ticket = None if ticket is None else ticket_out(session, ticket)
+            found = views.tickets(session, [Ticket.id == result.ticket_id])
+            out.ticket = found[0] if found else None
     status = 200
     if result.outcome == "rejected":
         rule, _, code = (result.code or "-:409").partition(":")

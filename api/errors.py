@@ -27,7 +27,8 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        # UTC as "Z", like the models' timestamps (schemas/timestamps.py).
+        return orjson.dumps(content, option=orjson.OPT_UTC_Z)
 
 
 class ApiError(Exception):

@@ -18,6 +18,7 @@ from api.errors import JSON, not_found
 from api.views import account_of, reply_out
 from handlers.outbound import replies
 from schemas.outbound import ReplyIn, ReplyOut
+from schemas.types import Id
 from store.db import reading
 from store.models import Reply
 
@@ -53,7 +54,7 @@ def _answer(reply_id: int, status: int) -> JSON:
     summary="Reply to the customer by mail (queued; sent once)",
 )
 def create_reply(
-    conversation_id: int, body: ReplyIn, who: Caller, idempotency_key: IdempotencyKey = None
+    conversation_id: Id, body: ReplyIn, who: Caller, idempotency_key: IdempotencyKey = None
 ) -> JSON:
     with reading() as session:
         account = who.require(
@@ -69,7 +70,7 @@ def create_reply(
 
 
 @router.get("/replies/{reply_id}", response_model=ReplyOut)
-def get_reply(reply_id: int, who: Caller) -> Any:
+def get_reply(reply_id: Id, who: Caller) -> Any:
     with reading() as session:
         reply = session.get(Reply, reply_id)
         if reply is None or not who.sees(reply.account_id):
@@ -78,7 +79,7 @@ def get_reply(reply_id: int, who: Caller) -> Any:
 
 
 @router.get("/conversations/{conversation_id}/replies", response_model=list[ReplyOut])
-def list_replies(conversation_id: int, who: Caller) -> Any:
+def list_replies(conversation_id: Id, who: Caller) -> Any:
     with reading() as session:
         who.require(
             "conversation", conversation_id, account_of(session, "conversation", conversation_id)
@@ -95,7 +96,7 @@ def list_replies(conversation_id: int, who: Caller) -> Any:
     response_model=ReplyOut,
     summary="Queue a failed reply again, same mail and Message-ID",
 )
-def resend_reply(reply_id: int, who: Caller) -> JSON:
+def resend_reply(reply_id: Id, who: Caller) -> JSON:
     replies.resend(reply_id, account_id=who.account_id)  # None: the admin sees every reply
     _publish(reply_id)
     return _answer(reply_id, 202)

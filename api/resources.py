@@ -32,8 +32,8 @@ from schemas.api import (
     TokenOut,
 )
 from schemas.outbound import OutboundConfig
+from schemas.types import Id
 from settings import get_settings
-from store.cases import aware
 from store.db import reading, transaction
 from store.models import Account, ApiToken, IdempotentResponse, Inbox, Owner
 
@@ -94,7 +94,7 @@ def account_out(account: Account) -> dict[str, Any]:
     settings = get_settings()
     location = routing.ticket_location(
         account.tier,
-        aware(account.created_at),
+        account.created_at,
         cutoff=settings.helpdesk_cutoff,
         helpdesk_tiers=settings.helpdesk_tiers,
     )
@@ -102,7 +102,7 @@ def account_out(account: Account) -> dict[str, Any]:
         id=account.id,
         name=account.name,
         tier=account.tier,  # type: ignore[arg-type]
-        created_at=aware(account.created_at),
+        created_at=account.created_at,
         ticket_location=location,
     ).model_dump(mode="json")
 
@@ -130,7 +130,7 @@ def list_accounts(who: Caller) -> Any:
 
 
 @router.get("/accounts/{account_id}", response_model=AccountOut, tags=["admin"])
-def get_account(account_id: int, who: Caller) -> Any:
+def get_account(account_id: Id, who: Caller) -> Any:
     with reading() as session:
         account = session.get(Account, account_id)
         who.require("account", account_id, None if account is None else account.id)
@@ -142,7 +142,7 @@ def get_account(account_id: int, who: Caller) -> Any:
     "/accounts/{account_id}/tokens", status_code=201, response_model=TokenOut, tags=["admin"]
 )
 def create_token(
-    account_id: int, body: TokenIn, _: Admin, idempotency_key: IdempotencyKey = None
+    account_id: Id, body: TokenIn, _: Admin, idempotency_key: IdempotencyKey = None
 ) -> Any:
     def write(session: Session) -> dict[str, Any]:
         if session.get(Account, account_id) is None:
@@ -200,7 +200,7 @@ def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = N
 
 
 @router.put("/inboxes/{inbox_id}/outbound", response_model=InboxOut, tags=["inboxes"])
-def set_inbox_outbound(inbox_id: int, body: OutboundBody, who: Caller) -> Any:
+def set_inbox_outbound(inbox_id: Id, body: OutboundBody, who: Caller) -> Any:
     """Set how the inbox's replies go out (provider and credentials); replaces the old setting.
     Replies already queued use the new setting from their next attempt."""
     with transaction() as session:

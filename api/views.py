@@ -1,85 +1,181 @@
-"""Rows to API bodies, and the account lookups every route needs for tenancy checks."""
+"""Rows to API bodies. A page costs a fixed number of queries, whatever its length: a list of
+conversations is one query (contact and message count joined in), its tickets' conversation ids
+one more; a conversation's messages are one query with their replies' delivery states."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from schemas.api import ConversationOut, MessageOut, TicketOut
+from schemas.api import AttachmentOut, ConversationOut, MessageOut, TicketOut
 from schemas.outbound import ReplyOut
-from store.cases import aware
 from store.models import Contact, Conversation, Message, Reply, Ticket
 
+_MESSAGE_COUNT = (
+    select(func.count(Message.id))
+    .where(Message.conversation_id == Conversation.id)
+    .correlate(Conversation)
+    .scalar_subquery()
+)
 
-def conversation_out(
-    session: Session, conv: Conversation, *, with_messages: bool = False
-) -> ConversationOut:
-    contact = session.scalar(select(Contact.handle).where(Contact.id == conv.contact_id)) or ""
-    messages = None
-    if with_messages:
-        rows = session.scalars(
-            select(Message)
-            .where(Message.conversation_id == conv.id)
-            .order_by(Message.sent_at, Message.id)
-        ).all()
-        replies = {
-            r.message_id: (r.id, r.state)
-            for r in session.execute(
-                select(Reply.message_id, Reply.id, Reply.state).where(
-                    Reply.conversation_id == conv.id
-                )
-            )
-        }
-        messages = [
-            MessageOut(
-                id=m.id,
-                external_id=m.external_id,
-                direction=m.direction,
-                sender=m.sender,
-                text=m.text,
-                sent_at=m.sent_at,
-                received_at=m.received_at,
-                automatic=m.automatic,
-                reply_id=replies.get(m.id, (None, None))[0],
-                delivery=replies.get(m.id, (None, None))[1],
-            )
-            for m in rows
-        ]
+
+def conversations(
+    session: Session, where: list[ColumnElement[bool]], *, limit: int | None = None
+) -> list[ConversationOut]:
+    """The conversations matching ``where``, by id, in one query."""
+    query = (
+        select(
+            Conversation,
+            Contact.handle.label("contact"),
+            _MESSAGE_COUNT.label("message_count"),
+        )
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .where(*where)
+        .order_by(Conversation.id)
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return [_conversation(row) for row in session.execute(query)]
+
+
+def _conversation(row: Any) -> ConversationOut:
+    conv: Conversation = row.Conversation
     return ConversationOut(
         id=conv.id,
         account_id=conv.account_id,
         inbox_id=conv.inbox_id,
-        contact=contact,
+        contact_id=conv.contact_id,
+        contact=row.contact,
         thread_key=conv.thread_key,
         owner_id=conv.owner_id,
         status=conv.status,  # type: ignore[arg-type]
         location=conv.location,  # type: ignore[arg-type]
         ticket_id=conv.ticket_id,
-        trashed=conv.removed_by is not None,
+        trashed=conv.removed_by is not None and conv.merged_into is None,
+        merged_into=conv.merged_into,
         removed_at=conv.removed_at,
         created_at=conv.created_at,
         last_message_at=conv.last_message_at,
-        messages=messages,
+        message_count=row.message_count,
     )
 
 
-def ticket_out(session: Session, ticket: Ticket) -> TicketOut:
-    conv_ids = session.scalars(
-        select(Conversation.id).where(Conversation.ticket_id == ticket.id).order_by(Conversation.id)
-    ).all()
-    return TicketOut(
-        id=ticket.id,
-        account_id=ticket.account_id,
-        owner_id=ticket.owner_id,
-        status=ticket.status,  # type: ignore[arg-type]
-        priority=ticket.priority,
-        properties=ticket.properties,
-        location=ticket.location,  # type: ignore[arg-type]
-        deleted=ticket.removed_by is not None,
-        removed_at=ticket.removed_at,
-        created_at=ticket.created_at,
-        conversation_ids=list(conv_ids),
+def conversation(session: Session, conversation_id: int) -> ConversationOut | None:
+    """One conversation with its messages, in the order they were stored."""
+    found = conversations(session, [Conversation.id == conversation_id])
+    if not found:
+        return None
+    found[0].messages = messages(session, [Message.conversation_id == conversation_id])
+    return found[0]
+
+
+def messages(
+    session: Session, where: list[ColumnElement[bool]], *, limit: int | None = None
+) -> list[MessageOut]:
+    query = (
+        select(Message, Reply.id.label("reply_id"), Reply.state.label("delivery"))
+        .outerjoin(Reply, Reply.message_id == Message.id)
+        .where(*where)
+        .order_by(Message.stored_at, Message.id)
     )
+    if limit is not None:
+        query = query.limit(limit)
+    return [message(row.Message, row.reply_id, row.delivery) for row in session.execute(query)]
+
+
+def message(m: Message, reply_id: int | None = None, delivery: str | None = None) -> MessageOut:
+    """The whole message: what the channel parsed (mail: addresses, subject, sanitized HTML,
+    attachments) is kept with it and shown here."""
+    mail: dict[str, Any] = (m.headers or {}).get("email") or {}
+    threading: dict[str, Any] = (m.headers or {}).get("threading") or {}
+    attachments = [
+        AttachmentOut(
+            index=n,
+            filename=a.get("filename") or "attachment",
+            content_type=a.get("content_type") or "application/octet-stream",
+            size=a.get("size", 0),
+            sha256=a.get("sha256", ""),
+            inline=a.get("inline", False),
+            content_id=a.get("content_id"),
+            stored=a.get("stored", True),
+            url=f"/messages/{m.id}/attachments/{n}" if a.get("stored", True) else None,
+        )
+        for n, a in enumerate(mail.get("attachments") or [])
+    ]
+    return MessageOut(
+        id=m.id,
+        conversation_id=m.conversation_id,
+        inbox_id=m.inbox_id,
+        external_id=m.external_id,
+        provider_id=m.provider_id,
+        message_id=mail.get("message_id"),
+        direction=m.direction,  # type: ignore[arg-type]
+        sender=m.sender,
+        from_=mail.get("from"),
+        to=mail.get("to") or [],
+        cc=mail.get("cc") or [],
+        reply_to=mail.get("reply_to") or [],
+        subject=mail.get("subject"),
+        text=m.text,
+        visible_text=mail.get("visible_text"),
+        html=mail.get("html_safe"),
+        in_reply_to=_listed(mail.get("in_reply_to")),
+        references=_listed(mail.get("references")),
+        attachments=attachments,
+        problems=mail.get("problems") or [],
+        automatic=m.automatic,
+        also_in=threading.get("also_in") or [],
+        sent_at=m.sent_at,
+        received_at=m.received_at,
+        stored_at=m.stored_at,
+        reply_id=reply_id,
+        delivery=delivery,  # type: ignore[arg-type]
+    )
+
+
+def _listed(value: Any) -> list[str]:
+    """Parsed mail keeps id lists; a composed reply keeps its In-Reply-To as one id."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def tickets(
+    session: Session, where: list[ColumnElement[bool]], *, limit: int | None = None
+) -> list[TicketOut]:
+    """The tickets matching ``where``, by id, with their conversations' ids: two queries."""
+    query = select(Ticket).where(*where).order_by(Ticket.id)
+    if limit is not None:
+        query = query.limit(limit)
+    rows = session.scalars(query).all()
+    members: dict[int, list[int]] = defaultdict(list)
+    if rows:
+        pairs = session.execute(
+            select(Conversation.ticket_id, Conversation.id)
+            .where(Conversation.ticket_id.in_([t.id for t in rows]))
+            .order_by(Conversation.id)
+        )
+        for ticket_id, conv_id in pairs:
+            members[ticket_id].append(conv_id)
+    return [
+        TicketOut(
+            id=t.id,
+            account_id=t.account_id,
+            owner_id=t.owner_id,
+            status=t.status,  # type: ignore[arg-type]
+            priority=t.priority,
+            properties=t.properties,
+            location=t.location,  # type: ignore[arg-type]
+            deleted=t.removed_by is not None,
+            removed_at=t.removed_at,
+            created_at=t.created_at,
+            conversation_ids=members[t.id],
+        )
+        for t in rows
+    ]
 
 
 def reply_out(reply: Reply) -> ReplyOut:
@@ -96,9 +192,9 @@ def reply_out(reply: Reply) -> ReplyOut:
         attempts=reply.attempts,
         provider_message_id=reply.provider_message_id,
         error=reply.error,
-        created_at=aware(reply.created_at),
-        sent_at=aware(reply.sent_at) if reply.sent_at else None,
-        next_attempt_at=aware(reply.next_attempt_at) if reply.next_attempt_at else None,
+        created_at=reply.created_at,
+        sent_at=reply.sent_at,
+        next_attempt_at=reply.next_attempt_at,
     )
 
 

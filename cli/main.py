@@ -122,7 +122,7 @@ def ingest(
     from api.app import enqueue
     from handlers.channels import adapter_for
     from handlers.channels.base import WebhookError, WebhookRequest
-    from handlers.pipeline import delivery
+    from handlers.journal import delivery
 
     adapter = adapter_for(provider)
     content_type = "message/rfc822" if provider == "rfc822" else "application/json"

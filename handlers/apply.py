@@ -8,16 +8,25 @@ The contract (DESIGN.md, "What idempotent must mean here"):
 - a change older than the clock is put in its place: the case's whole history (changes and
   inbound messages) is replayed in order from the initial state and the difference saved. The end
   state is then the state of applying each distinct change once, in the order they happened,
-  whatever order they arrived in. Replays are rare (reordered deliveries) and bounded by one case.
+  whatever order they arrived in. Replays are rare (reordered deliveries) and bounded by one case;
+- a change put in its place whose effects a later event already overrode (an agent closed a
+  conversation, and a message stored after the agent's click reopened it) is recorded as
+  ``superseded``, naming what overrode it: the answer never says ``applied`` for a state the
+  case does not show.
+
+Order is inboxsync's clock, never a sender's: a change happens when the API accepted it (a given
+``occurred_at`` may be earlier, never later: api/changes.py), a message when it was stored.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from handlers import routing, rules
@@ -25,7 +34,7 @@ from handlers.rules import Case, ConversationState, Effect, RuleRefusal
 from schemas import changes as c
 from settings import Settings
 from store import cases
-from store.models import Account, Change, Conversation, Owner, Ticket
+from store.models import Account, Change, Conversation, Owner, PendingChange, Ticket
 from store.models import Effect as EffectRow
 
 
@@ -55,7 +64,7 @@ def apply_change(session: Session, env: c.ChangeEnvelope, settings: Settings) ->
         loaded = cases.lock_case(session, conversation_ids=conv_ids, ticket_ids=ticket_ids)
         _check_account(loaded, env.account_id)
     except cases.NotFound as exc:
-        return _record(session, env, digest, RuleRefusal("-", str(exc), 404), [], False)
+        return _record(session, env, digest, RuleRefusal("-", str(exc), 404), Folded())
     # Checked again under the case's locks: a concurrent worker may have just applied it.
     if (prior := _recorded(session, env.id, digest)) is not None:
         return prior
@@ -65,11 +74,40 @@ def apply_change(session: Session, env: c.ChangeEnvelope, settings: Settings) ->
         _check_retention(session, action, settings)
         if isinstance(action, c.CreateTicket):
             action = _allocate_ticket(session, loaded, action, env, settings)
-        effects, replayed = fold_into_case(session, loaded, env.id, env.occurred_at, action)
+        folded = fold_into_case(session, loaded, env.id, env.occurred_at, action)
     except RuleRefusal as refusal:
-        return _record(session, env, digest, refusal, [], False, action)
+        return _record(session, env, digest, refusal, Folded(), action)
     cases.save_case(session, loaded, env.occurred_at)
-    return _record(session, env, digest, None, effects, replayed, action)
+    return _record(session, env, digest, None, folded, action)
+
+
+def apply_internal(
+    session: Session,
+    loaded: cases.LoadedCase,
+    change_id: str,
+    account_id: int,
+    occurred_at: datetime,
+    action: c.Action,
+) -> list[Effect]:
+    """Apply a change inboxsync makes itself (a merge) to a case the caller has locked, and
+    record it like any other change; a refusal propagates."""
+    env = c.ChangeEnvelope(
+        id=change_id, account_id=account_id, occurred_at=occurred_at, action=action
+    )
+    folded = fold_into_case(session, loaded, change_id, occurred_at, action)
+    cases.save_case(session, loaded, occurred_at)
+    _record(session, env, request_digest(action), None, folded, action)
+    return folded.effects
+
+
+@dataclass
+class Folded:
+    """What one change did: its effects, whether the case's history was replayed to put it in
+    its place, and which of its effects a later event had already overridden."""
+
+    effects: list[Effect] = field(default_factory=list)
+    replayed: bool = False
+    superseded: list[dict[str, Any]] = field(default_factory=list)
 
 
 def fold_into_case(
@@ -78,7 +116,7 @@ def fold_into_case(
     change_id: str,
     occurred_at: datetime,
     action: c.Action,
-) -> tuple[list[Effect], bool]:
+) -> Folded:
     """Apply ``action`` to a locked case, replaying its history if the change is late.
 
     An inbound message takes part as ``MessageReceived`` with the id ``message:<row id>``.
@@ -88,27 +126,66 @@ def fold_into_case(
     for tid in _targets(action)[1]:
         loaded.touched.add(("ticket", tid))
     if occurred_at >= loaded.last_change_at:
-        return rules.apply(loaded.case, change_id, action), False
+        return Folded(rules.apply(loaded.case, change_id, action))
+    extra = None if isinstance(action, c.MessageReceived) else (occurred_at, change_id, action)
+    produced, writers = replay(session, loaded, extra)  # messages are in history already
+    mine = produced.get(change_id, [])
+    return Folded(mine, True, _overridden(mine, writers, change_id))
+
+
+Writer = tuple[str, str]  # (event id, rule)
+
+
+def replay(
+    session: Session,
+    loaded: cases.LoadedCase,
+    extra: tuple[datetime, str, c.Action] | None = None,
+) -> tuple[dict[str, list[Effect]], dict[tuple[str, int, str], Writer]]:
+    """Rebuild the case from its whole history (plus ``extra``, not recorded yet), in order.
+
+    Returns each event's effects, and for each field the event that set it last."""
     events = cases.history(session, loaded.case)
-    if not isinstance(action, c.MessageReceived):  # messages are in history already
-        events.append((occurred_at, change_id, action))
+    if extra is not None:
+        events.append(extra)
         events.sort(key=lambda e: c.order_key(e[0], e[1]))
-    replayed = Case(
+    state = Case(
         conversations={cid: ConversationState(id=cid) for cid in loaded.case.conversations}
     )
-    mine: list[Effect] = []
+    produced: dict[str, list[Effect]] = {}
+    writers: dict[tuple[str, int, str], Writer] = {}
     for _at, event_id, event in events:
         try:
-            produced = rules.apply(replayed, event_id, event)
+            produced[event_id] = rules.apply(state, event_id, event)
         except RuleRefusal:
             continue  # refused at this point of history: a no-op here
-        if event_id == change_id:
-            mine = produced
+        for e in produced[event_id]:
+            writers[(e.entity, e.entity_id, e.field)] = (event_id, e.rule)
     # Tickets are rows even before their creation is replayed; keep what history did not touch.
     for tid, ticket in loaded.case.tickets.items():
-        replayed.tickets.setdefault(tid, ticket)
-    loaded.case.conversations, loaded.case.tickets = replayed.conversations, replayed.tickets
-    return mine, True
+        state.tickets.setdefault(tid, ticket)
+    loaded.case.conversations, loaded.case.tickets = state.conversations, state.tickets
+    return produced, writers
+
+
+def _overridden(
+    effects: list[Effect], writers: dict[tuple[str, int, str], Writer], change_id: str
+) -> list[dict[str, Any]]:
+    """The effects of ``change_id`` that a later event set otherwise: the state does not show
+    them, and the answer must not pretend it does."""
+    out = []
+    for e in effects:
+        by = writers.get((e.entity, e.entity_id, e.field))
+        if by is not None and by[0] != change_id:
+            out.append(
+                {
+                    "entity": e.entity,
+                    "id": e.entity_id,
+                    "field": e.field,
+                    "by": by[0],
+                    "rule": by[1],
+                }
+            )
+    return out
 
 
 def _recorded(session: Session, change_id: str, digest: str) -> c.ChangeResult | None:
@@ -151,7 +228,7 @@ def _check_retention(session: Session, action: c.Action, settings: Settings) -> 
         return
     if removed_at is None:
         return
-    if cases.aware(removed_at) < datetime.now(UTC) - timedelta(days=settings.retention_days):
+    if removed_at < datetime.now(UTC) - timedelta(days=settings.retention_days):
         raise RuleRefusal(
             "D", f"removed more than {settings.retention_days} days ago: no longer restorable"
         )
@@ -170,7 +247,7 @@ def _allocate_ticket(
     account = session.get_one(Account, env.account_id)
     location = routing.ticket_location(
         account.tier,
-        cases.aware(account.created_at),
+        account.created_at,
         cutoff=settings.helpdesk_cutoff,
         helpdesk_tiers=settings.helpdesk_tiers,
     )
@@ -200,8 +277,7 @@ def _record(
     env: c.ChangeEnvelope,
     digest: str,
     refusal: RuleRefusal | None,
-    effects: list[Effect],
-    replayed: bool,
+    folded: Folded,
     action: c.Action | None = None,
 ) -> c.ChangeResult:
     action = action or env.action
@@ -212,16 +288,21 @@ def _record(
         ticket_id = session.scalar(
             select(Conversation.ticket_id).where(Conversation.id == conversation_id)
         )
+    outcome = "rejected" if refusal else ("superseded" if folded.superseded else "applied")
     result = c.ChangeResult(
         change_id=env.id,
-        outcome="rejected" if refusal else "applied",
-        replayed=replayed,
+        outcome=outcome,
+        replayed=folded.replayed,
         error=str(refusal) if refusal else None,
         code=(f"{refusal.rule}:{refusal.status}" if refusal else None),
         conversation_id=conversation_id,
         ticket_id=ticket_id,
-        effects=[e.as_dict() for e in effects],
+        effects=[e.as_dict() for e in folded.effects],
+        superseded=folded.superseded,
+        occurred_at=env.occurred_at,
+        notes=env.notes,
     )
+    session.execute(delete(PendingChange).where(PendingChange.id == env.id))
     if refusal is not None and refusal.status == 404:
         return result  # nothing of the caller's exists here: no foreign key to hang a record on
     session.execute(
@@ -239,7 +320,7 @@ def _record(
             result=result.model_dump(mode="json"),
         )
     )
-    if effects:
+    if folded.effects:
         session.execute(
             insert(EffectRow),
             [
@@ -251,7 +332,7 @@ def _record(
                     "value": None if e.value is None else str(e.value),
                     "rule": e.rule,
                 }
-                for e in effects
+                for e in folded.effects
             ],
         )
     return result

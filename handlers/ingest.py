@@ -1,151 +1,75 @@
-"""Conversation upsert for a batch of inbound messages: dedupe, threading, reopen.
+"""Storing a batch of inbound messages in one transaction: dedupe, threading, reopening.
 
-One call handles a whole batch in the caller's transaction with a handful of statements, whatever
-the batch size; per-message idempotency holds because ``(inbox_id, external_id)`` is unique and is
-checked under the thread locks, and because the batch commits or rolls back as one.
+``ingest`` goes in four steps:
 
-Threading: messages with one thread key (or, without a key, from one sender) share a
-conversation. A message whose thread points to a trashed conversation starts a new one.
+1. **Lock what the batch touches.** Every thread id its messages name is locked in one sorted
+   pass (store/threads.py), then copies stored before are found under those locks: two workers
+   that share an id queue behind each other, and never both store one message.
+2. **Place** each group of messages that share ids (handlers/threading.py): in the conversation
+   they name, a new one, or a merge of several (M2). The conversations named are locked as cases
+   (tickets first, the order every writer uses). Only then is the clock read that gives the
+   messages their place in time (``stored_at``): a change applied to the case before is ordered
+   before them, one applied after waits for this commit.
+3. **Write** new conversations, merges, the messages, and where each id points now.
+4. **Advance** the conversations touched: their clocks, and M1 through the rules (a message
+   reopens what was closed before it was stored; a sender's Date is only displayed).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, text, tuple_, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from handlers import apply
+from handlers import apply, threading
+from handlers.threading import Conv, Group, MessageKey, Placement
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
-from store import bulk, cases
-from store.db import is_postgres
-from store.models import Contact, Conversation, Inbox, Message, Thread
+from store import bulk, cases, threads
+from store.models import Contact, Conversation, Inbox, Message, Reply
+
+ref_key = threading.ref_key  # the name other modules know it by
 
 
 class UnknownInbox(Exception):
     pass
 
 
-def ingest(session: Session, batch: list[InboundMessage]) -> list[IngestOutcome]:
-    """Store a batch of inbound messages. Call inside a transaction; the caller commits."""
-    unique = _follow_references(session, _first_of_each(batch))
-    inbox_accounts = _inbox_accounts(session, {m.inbox_id for m in unique})
-    keys = sorted({(m.inbox_id, m.effective_thread_key) for m in unique})
-    _lock_threads(session, keys)
-    seen = _already_stored(session, unique)
-    fresh = [m for m in unique if (m.inbox_id, m.external_id) not in seen]
-    outcomes = {
-        (m.inbox_id, m.external_id): IngestOutcome(
-            inbox_id=m.inbox_id,
-            external_id=m.external_id,
-            message_id=seen[(m.inbox_id, m.external_id)][0],
-            conversation_id=seen[(m.inbox_id, m.external_id)][1],
-            duplicate=True,
-        )
-        for m in unique
-        if (m.inbox_id, m.external_id) in seen
-    }
-    if fresh:
-        threads, created = _resolve_threads(session, fresh, inbox_accounts)
-        message_ids = _insert_messages(session, fresh, threads)
-        effects = _advance_conversations(session, fresh, threads, message_ids, created)
-        for m in fresh:
-            mid = message_ids[(m.inbox_id, m.external_id)]
-            outcomes[(m.inbox_id, m.external_id)] = IngestOutcome(
-                inbox_id=m.inbox_id,
-                external_id=m.external_id,
-                message_id=mid,
-                conversation_id=threads[(m.inbox_id, m.effective_thread_key)],
-                effects=effects.get(mid, []),
-            )
-    # A second copy within the batch is a duplicate of the first, like a copy stored before.
-    answered: set[tuple[int, str]] = set()
-    out = []
+def ingest(
+    session: Session, batch: list[InboundMessage], *, clock: datetime | None = None
+) -> list[IngestOutcome]:
+    """Store a batch of inbound messages. Call inside a transaction; the caller commits.
+
+    ``clock``: the time to store them at instead of now (tests that tell a story in time)."""
+    firsts: dict[MessageKey, InboundMessage] = {}
     for m in batch:
-        key = (m.inbox_id, m.external_id)
-        outcome = outcomes[key]
-        out.append(outcome.model_copy(update={"duplicate": True}) if key in answered else outcome)
-        answered.add(key)
-    return out
+        firsts.setdefault(_key(m), m)  # the first copy of each; later ones are duplicates
+    unique = list(firsts.values())
+    accounts = _inbox_accounts(session, {m.inbox_id for m in unique})
+    ids_of = {_key(m): threading.thread_ids(m) for m in unique}
+    links = threads.lock(session, [(m.inbox_id, t) for m in unique for t in ids_of[_key(m)]])
+    stored = _already_stored(session, unique)
+    named = _named_by_message(session, unique, stored)
+    groups = threading.groups(unique, ids_of, links, named, set(stored))
+    convs, loaded = _lock_named(session, groups)
+    now = clock or datetime.now(UTC)  # read after the case locks: see step 2 above
+    placed = [(g, threading.place(g, convs)) for g in groups]
+    placed, created = _open_conversations(session, placed, accounts, now)
+    absorbed = _merge(session, placed, accounts, now)
+    home = {_key(m): p.conversation_id for g, p in placed for m in g.messages}
+    fresh = [m for g, _ in placed for m in g.messages if _key(m) not in stored]
+    message_ids = _insert_messages(session, fresh, placed, now)
+    threads.point(session, _links_to_point(placed, links, convs, stored))
+    effects = _advance(session, loaded, fresh, home, message_ids, created, absorbed, now)
+    return _outcomes(batch, stored, home, message_ids, effects, absorbed)
 
 
-def _follow_references(session: Session, msgs: list[InboundMessage]) -> list[InboundMessage]:
-    """Give a message that answers a known message (or carries our reply token) the thread key
-    of that message's conversation.
-
-    ``thread_refs`` are channel message ids (email: In-Reply-To, then References from the
-    newest); they match the ``external_id`` ``mid:<id>`` of messages already stored in the same
-    inbox, or of an earlier message of this batch. A message that matches nothing keeps its own
-    ``thread_key``: a new conversation, never one guessed from the subject."""
-    if not any(m.thread_refs or m.reply_token for m in msgs):
-        return msgs
-    refs = sorted({(m.inbox_id, ref_key(r)) for m in msgs for r in m.thread_refs})
-    known: dict[tuple[int, str], str] = {}
-    if refs:
-        rows = session.execute(
-            select(Message.inbox_id, Message.external_id, Conversation.thread_key)
-            .join(Conversation, Conversation.id == Message.conversation_id)
-            .where(tuple_(Message.inbox_id, Message.external_id).in_(refs))
-        ).all()
-        known = {(r.inbox_id, r.external_id): r.thread_key for r in rows}
-    tokens = {m.reply_token for m in msgs if m.reply_token is not None}
-    by_token: dict[int, tuple[int, str]] = {}
-    if tokens:
-        token_rows = session.execute(
-            select(Conversation.id, Conversation.inbox_id, Conversation.thread_key).where(
-                Conversation.id.in_(tokens)
-            )
-        ).all()
-        by_token = {r.id: (r.inbox_id, r.thread_key) for r in token_rows}
-    in_batch = {(m.inbox_id, m.external_id): m for m in msgs}
-    keys: dict[tuple[int, str], str] = {}
-
-    def key_of(m: InboundMessage, seen: frozenset[tuple[int, str]]) -> str:
-        """The thread key ``m`` ends up with; a parent in this batch is resolved first,
-        whatever the order of arrival or of the mails' Date headers."""
-        own = (m.inbox_id, m.external_id)
-        if own in keys:
-            return keys[own]
-        key = None
-        for ref in m.thread_refs:
-            k = (m.inbox_id, ref_key(ref))
-            if k in known:
-                key = known[k]
-            elif k in in_batch and k not in seen:
-                key = key_of(in_batch[k], seen | {own})
-            if key is not None:
-                break
-        if key is None and m.reply_token in by_token:
-            token_inbox, token_key = by_token[m.reply_token]
-            key = token_key if token_inbox == m.inbox_id else None  # never across inboxes
-        keys[own] = key if key is not None else m.effective_thread_key
-        return keys[own]
-
-    resolved = {}
-    for m in msgs:
-        key = key_of(m, frozenset())
-        resolved[(m.inbox_id, m.external_id)] = (
-            m if key == m.effective_thread_key else m.model_copy(update={"thread_key": key})
-        )
-    return [resolved[(m.inbox_id, m.external_id)] for m in msgs]
-
-
-def ref_key(message_id: str) -> str:
-    """The ``external_id`` under which a message with this channel message id is stored."""
-    return f"mid:{message_id}"
-
-
-def _first_of_each(batch: list[InboundMessage]) -> list[InboundMessage]:
-    firsts: dict[tuple[int, str], InboundMessage] = {}
-    for m in batch:
-        firsts.setdefault((m.inbox_id, m.external_id), m)
-    return list(firsts.values())
+def _key(m: InboundMessage) -> MessageKey:
+    return (m.inbox_id, m.external_id)
 
 
 def _inbox_accounts(session: Session, inbox_ids: set[int]) -> dict[int, int]:
@@ -156,260 +80,296 @@ def _inbox_accounts(session: Session, inbox_ids: set[int]) -> dict[int, int]:
     return found
 
 
-def _lock_threads(session: Session, keys: list[tuple[int, str]]) -> None:
-    """Serialise workers on each thread (PostgreSQL advisory locks, taken in one sorted pass).
-
-    Without it two workers could both see a new thread and open two conversations for it, or
-    both miss a duplicate. SQLite needs nothing: its writers are serialised already."""
-    if not is_postgres(session) or not keys:
-        return
-    ids = sorted({zlib.crc32(f"{inbox}:{key}".encode()) for inbox, key in keys})
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k ORDER BY k"),
-        {"ids": ids},
-    )
-
-
 def _already_stored(
     session: Session, msgs: list[InboundMessage]
-) -> dict[tuple[int, str], tuple[int, int]]:
-    keys = sorted({(m.inbox_id, m.external_id) for m in msgs})
-    if is_postgres(session):
-        # Joined to the batch's pairs: one index probe per message. (A prepared ``inbox_id = $1
-        # AND external_id = ANY($2)`` got a generic plan that read every message of the inbox:
-        # 25 ms a batch at 30k messages, and growing with the table.)
-        rows: Sequence[Any] = bulk.select_pairs(
-            session,
-            "SELECT m.inbox_id, m.external_id, m.id, m.conversation_id FROM messages m"
-            " JOIN :pairs ON m.inbox_id = w.a AND m.external_id = w.b",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            ("bigint", "text"),
-        )
-    else:
-        rows = session.execute(
-            select(
-                Message.inbox_id, Message.external_id, Message.id, Message.conversation_id
-            ).where(tuple_(Message.inbox_id, Message.external_id).in_(keys))
-        ).all()
+) -> dict[MessageKey, tuple[int, int]]:
+    """(message id, conversation id) of the messages stored before, by (inbox, external id)."""
+    rows = bulk.matching(
+        session,
+        Message,
+        ("inbox_id", "external_id", "id", "conversation_id"),
+        ("inbox_id", "external_id"),
+        sorted({_key(m) for m in msgs}),
+    )
     return {(r.inbox_id, r.external_id): (r.id, r.conversation_id) for r in rows}
 
 
-def _resolve_threads(
-    session: Session, msgs: list[InboundMessage], inbox_accounts: dict[int, int]
-) -> tuple[dict[tuple[int, str], int], set[int]]:
-    """Map each thread of the batch to its live conversation, opening conversations as needed.
-
-    Returns the map and the ids of the conversations opened here."""
-    keys = sorted({(m.inbox_id, m.effective_thread_key) for m in msgs})
-    pg = is_postgres(session)
-    rows: Sequence[Any]
-    if pg:
-        rows = bulk.select_pairs(
-            session,
-            "SELECT t.inbox_id, t.thread_key, t.conversation_id FROM threads t JOIN :pairs"
-            " ON t.inbox_id = w.a AND t.thread_key = w.b"
-            " JOIN conversations c ON c.id = t.conversation_id WHERE c.removed_by IS NULL",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-            ("bigint", "text"),
-        )
-    else:
+def _named_by_message(
+    session: Session, msgs: list[InboundMessage], stored: dict[MessageKey, tuple[int, int]]
+) -> dict[MessageKey, set[int]]:
+    """Conversations a message names besides its thread ids: its stored copy's, and the one its
+    reply token (``[#C123]``) names, if that is in the same inbox (never across inboxes)."""
+    named = {key: {conv} for key, (_, conv) in stored.items()}
+    tokens = {m.reply_token for m in msgs if m.reply_token is not None}
+    if tokens:
         rows = session.execute(
-            select(Thread.inbox_id, Thread.thread_key, Thread.conversation_id)
-            .join(Conversation, Conversation.id == Thread.conversation_id)
-            .where(
-                tuple_(Thread.inbox_id, Thread.thread_key).in_(keys),
-                Conversation.removed_by.is_(None),
-            )
+            select(Conversation.id, Conversation.inbox_id).where(Conversation.id.in_(tokens))
         ).all()
-    threads = {(r.inbox_id, r.thread_key): r.conversation_id for r in rows}
-    first_msg: dict[tuple[int, str], InboundMessage] = {}
-    newest: dict[tuple[int, str], datetime] = {}
-    for m in sorted(msgs, key=lambda m: m.sent_at):
-        first_msg.setdefault((m.inbox_id, m.effective_thread_key), m)
-        newest[(m.inbox_id, m.effective_thread_key)] = m.sent_at
-    new_keys = [k for k in keys if k not in threads]
-    if not new_keys:
-        return threads, set()
-    contacts = _contacts(session, [(inbox_accounts[k[0]], first_msg[k].sender) for k in new_keys])
-    now = datetime.now(UTC)
-    new_rows = [
+        inbox_of = {r.id: r.inbox_id for r in rows}
+        for m in msgs:
+            if m.reply_token is not None and inbox_of.get(m.reply_token) == m.inbox_id:
+                named.setdefault(_key(m), set()).add(m.reply_token)
+    return named
+
+
+def _lock_named(
+    session: Session, groups: list[Group]
+) -> tuple[dict[int, Conv], cases.LoadedCase | None]:
+    """Lock the cases of every conversation the groups name, and of the conversations those
+    were merged into; what placing needs to know of each. The merge targets are locked after
+    the rest (out of order: a deadlock with a concurrent merge is possible, and is retried)."""
+    wanted = set().union(*(g.named for g in groups)) if groups else set()
+    convs: dict[int, Conv] = {}
+    loaded: cases.LoadedCase | None = None
+    while missing := wanted - convs.keys():
+        more = cases.lock_case(session, conversation_ids=missing)
+        loaded = more if loaded is None else cases.combined(loaded, more)
+        for cid, state in more.case.conversations.items():
+            convs[cid] = Conv(
+                cid, state.removed_by is None, state.ticket_id, more.merged_into.get(cid)
+            )
+        wanted |= {cv.merged_into for cv in convs.values() if cv.merged_into is not None}
+    return convs, loaded
+
+
+def _open_conversations(
+    session: Session,
+    placed: list[tuple[Group, Placement]],
+    accounts: dict[int, int],
+    now: datetime,
+) -> tuple[list[tuple[Group, Placement]], set[int]]:
+    """A new conversation for every group with new messages that names no live one."""
+    new = [g for g, p in placed if p.conversation_id is None and g.fresh]
+    if not new:
+        return placed, set()
+    firsts = [min(g.messages, key=lambda m: m.sent_at) for g in new]  # its contact
+    contacts = _contacts(session, [(accounts[m.inbox_id], m.sender) for m in firsts])
+    rows = [
         {
-            "account_id": inbox_accounts[inbox],
-            "inbox_id": inbox,
-            "contact_id": contacts[(inbox_accounts[inbox], first_msg[(inbox, key)].sender.lower())],
-            "thread_key": key,
+            "account_id": accounts[m.inbox_id],
+            "inbox_id": m.inbox_id,
+            "contact_id": contacts[(accounts[m.inbox_id], m.sender.lower())],
+            "thread_key": m.effective_thread_key,
             "status": "open",
             "location": "inbox",
             "created_at": now,
             # Final at insert: the batch's messages change nothing else on a new conversation.
-            "last_message_at": newest[(inbox, key)],
-            "last_change_at": newest[(inbox, key)],
+            "last_message_at": max(x.received_at for x in g.messages),
+            "last_change_at": now,
         }
-        for inbox, key in new_keys
+        for g, m in zip(new, firsts, strict=True)
     ]
-    thread_rows: list[dict[str, Any]]
-    created: Sequence[int]
-    if pg:
-        made = bulk.insert(
-            session, Conversation, new_rows, returning=["inbox_id", "thread_key", "id"]
-        )
-        created = [r.id for r in made]
-        threads.update({(r.inbox_id, r.thread_key): r.id for r in made})
-        thread_rows = [
-            {"inbox_id": i, "thread_key": k, "conversation_id": threads[(i, k)]}
-            for i, k in new_keys
-        ]
-        bulk.insert(
-            session,
-            Thread,
-            thread_rows,
-            tail="ON CONFLICT (inbox_id, thread_key)"
-            " DO UPDATE SET conversation_id = EXCLUDED.conversation_id",
-        )
-        return threads, set(created)
-    created = (
-        session.execute(
-            insert(Conversation).returning(Conversation.id, sort_by_parameter_order=True), new_rows
-        )
-        .scalars()
-        .all()
-    )
-    for k, conv_id in zip(new_keys, created, strict=True):
-        threads[k] = conv_id
-    thread_rows = [
-        {"inbox_id": i, "thread_key": k, "conversation_id": threads[(i, k)]} for i, k in new_keys
-    ]
-    stmt = sqlite.insert(Thread)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["inbox_id", "thread_key"],
-            set_={"conversation_id": stmt.excluded.conversation_id},
-        ),
-        thread_rows,
-    )
-    return threads, set(created)
+    made = bulk.insert_many(session, Conversation, rows, returning=("id",))
+    opened = {id(g): r.id for g, r in zip(new, made, strict=True)}
+    out = [(g, Placement(opened[id(g)]) if id(g) in opened else p) for g, p in placed]
+    return out, set(opened.values())
 
 
 def _contacts(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
     wanted = sorted({(account, sender.lower()) for account, sender in pairs})
-    if is_postgres(session):
-        bulk.insert(
-            session,
-            Contact,
-            [{"account_id": a, "handle": h} for a, h in wanted],
-            tail="ON CONFLICT (account_id, handle) DO NOTHING",
-        )
-        found = bulk.select_pairs(
-            session,
-            "SELECT c.account_id, c.handle, c.id FROM contacts c JOIN :pairs"
-            " ON c.account_id = w.a AND c.handle = w.b",
-            [w[0] for w in wanted],
-            [w[1] for w in wanted],
-            ("bigint", "text"),
-        )
-        return {(r.account_id, r.handle): r.id for r in found}
-    stmt = sqlite.insert(Contact).on_conflict_do_nothing(index_elements=["account_id", "handle"])
-    session.execute(stmt, [{"account_id": a, "handle": h} for a, h in wanted])
-    rows = session.execute(
-        select(Contact.account_id, Contact.handle, Contact.id).where(
-            tuple_(Contact.account_id, Contact.handle).in_(wanted)
-        )
-    ).all()
+    bulk.insert_many(
+        session,
+        Contact,
+        [{"account_id": a, "handle": h} for a, h in wanted],
+        skip_conflicts_on=("account_id", "handle"),
+    )
+    rows = bulk.matching(
+        session, Contact, ("account_id", "handle", "id"), ("account_id", "handle"), wanted
+    )
     return {(r.account_id, r.handle): r.id for r in rows}
 
 
+def _merge(
+    session: Session,
+    placed: list[tuple[Group, Placement]],
+    accounts: dict[int, int],
+    now: datetime,
+) -> dict[int, int]:
+    """M2: move each absorbed conversation's messages to the survivor and record the merge as a
+    change of the absorbed one. Returns {absorbed: survivor}."""
+    absorbed: dict[int, int] = {}
+    for group, p in placed:
+        for gone in p.absorbed:
+            assert p.conversation_id is not None
+            survivor, account = p.conversation_id, accounts[group.messages[0].inbox_id]
+            case = cases.lock_case(session, conversation_ids=[gone])  # locked already
+            action = c.MergeConversation(conversation_id=gone, into_id=survivor)
+            apply.apply_internal(session, case, f"merge:{gone}", account, now, action)
+            for model in (Message, Reply):
+                session.execute(
+                    update(model)
+                    .where(model.conversation_id == gone)
+                    .values(conversation_id=survivor)
+                )
+            session.execute(
+                update(Conversation).where(Conversation.id == gone).values(merged_into=survivor)
+            )
+            absorbed[gone] = survivor
+    return absorbed
+
+
 def _insert_messages(
-    session: Session, msgs: list[InboundMessage], threads: dict[tuple[int, str], int]
-) -> dict[tuple[int, str], int]:
+    session: Session,
+    msgs: list[InboundMessage],
+    placed: list[tuple[Group, Placement]],
+    now: datetime,
+) -> dict[MessageKey, int]:
+    home = {_key(m): p for g, p in placed for m in g.messages}
     rows = [
         {
             "inbox_id": m.inbox_id,
-            "conversation_id": threads[(m.inbox_id, m.effective_thread_key)],
+            "conversation_id": home[_key(m)].conversation_id,
             "external_id": m.external_id,
+            "provider_id": m.provider_id,
             "direction": "inbound",
             "sender": m.sender,
             "text": m.text,
             "sent_at": m.sent_at,
             "received_at": m.received_at,
-            "headers": m.headers,
+            "stored_at": now,
+            "headers": _with_links(m.headers, home[_key(m)].linked),
             "automatic": m.automatic,
         }
         for m in msgs
     ]
-    if is_postgres(session):
-        made = bulk.insert(session, Message, rows, returning=["inbox_id", "external_id", "id"])
-        return {(r.inbox_id, r.external_id): r.id for r in made}
-    ids = (
-        session.execute(insert(Message).returning(Message.id, sort_by_parameter_order=True), rows)
-        .scalars()
-        .all()
-    )
-    return {(m.inbox_id, m.external_id): mid for m, mid in zip(msgs, ids, strict=True)}
+    made = bulk.insert_many(session, Message, rows, returning=("inbox_id", "external_id", "id"))
+    return {(r.inbox_id, r.external_id): r.id for r in made}
 
 
-def _advance_conversations(
+def _with_links(headers: dict[str, Any], linked: tuple[int, ...]) -> dict[str, Any]:
+    """Say so on the message when it also answers conversations left apart (their tickets)."""
+    return {**headers, "threading": {"also_in": list(linked)}} if linked else headers
+
+
+def _links_to_point(
+    placed: list[tuple[Group, Placement]],
+    links: dict[threading.Key, int | None],
+    convs: dict[int, Conv],
+    stored: dict[MessageKey, tuple[int, int]],
+) -> dict[threading.Key, int]:
+    """Every id of the batch that must point somewhere new; none is left empty."""
+    out: dict[threading.Key, int] = {}
+    for group, p in placed:
+        if p.conversation_id is not None:
+            out.update(threading.repointed(group, p, links, convs))
+            continue
+        # Copies seen before whose conversation is gone: their new ids go where they are.
+        home = stored[_key(group.messages[0])][1]
+        out.update({k: home for k in group.keys if links.get(k) is None})
+    return out
+
+
+def _advance(
     session: Session,
+    loaded: cases.LoadedCase | None,
     msgs: list[InboundMessage],
-    threads: dict[tuple[int, str], int],
-    message_ids: dict[tuple[int, str], int],
+    home: dict[MessageKey, int | None],
+    message_ids: dict[MessageKey, int],
     created: set[int],
+    absorbed: dict[int, int],
+    now: datetime,
 ) -> dict[int, list[dict[str, object]]]:
-    """Reopen what the new messages reopen; move every touched conversation's clocks."""
+    """Move every touched conversation's clocks; reopen what the new messages reopen (M1)."""
     by_conv: dict[int, list[InboundMessage]] = defaultdict(list)
     for m in msgs:
-        by_conv[threads[(m.inbox_id, m.effective_thread_key)]].append(m)
-    existing = sorted(set(by_conv) - created)
-    loaded = cases.lock_case(session, conversation_ids=existing) if existing else None
+        by_conv[home[_key(m)]].append(m)  # type: ignore[index]
     effects: dict[int, list[dict[str, Any]]] = {}
     clocks: list[dict[str, Any]] = []
+    survivors = set(absorbed.values())
     for cid, conv_msgs in by_conv.items():
-        if cid in created or loaded is None:
-            continue  # its clocks were set at insert (_resolve_threads)
-        newest = max(m.sent_at for m in conv_msgs)
-        last_message_at = max(newest, loaded.last_message_at[cid])
-        conv = loaded.case.conversations[cid]
-        case_clock = loaded.clock_of_conversation(cid)
+        if cid in created:
+            continue  # its clocks were set at insert (_open_conversations)
+        assert loaded is not None
+        if cid in survivors:
+            effects.update(_replay_merged(session, cid, conv_msgs, message_ids, now))
+            continue
+        last_message_at = max(max(m.received_at for m in conv_msgs), loaded.last_message_at[cid])
         own_clock = loaded.clocks[("conversation", cid)]
-        # Auto-replies and bounces take no part in the rules: they reopen nothing.
-        human = [m for m in conv_msgs if not m.automatic]
-        if not human:
-            clocks.append(
-                {"id": cid, "last_message_at": last_message_at, "last_change_at": own_clock}
-            )
+        human = [m for m in conv_msgs if not m.automatic]  # auto-replies reopen nothing
+        if not human or _changes_nothing(loaded, cid, now):
+            moved = max(now, own_clock) if human else own_clock
+            clocks.append({"id": cid, "last_message_at": last_message_at, "last_change_at": moved})
             continue
-        # Open, live, and either without a ticket or newer than everything in its case: the
-        # rules would change nothing but the clocks. Anything else goes through the rules.
-        latest = max(m.sent_at for m in human)
-        if (
-            conv.status == "open"
-            and conv.removed_by is None
-            and (conv.ticket_id is None or latest >= case_clock)
-        ):
-            clocks.append(
-                {
-                    "id": cid,
-                    "last_message_at": last_message_at,
-                    "last_change_at": max(latest, own_clock),
-                }
-            )
-            continue
-        case = cases.lock_case(session, conversation_ids=[cid])
-        for m in sorted(human, key=lambda m: m.sent_at):
-            mid = message_ids[(m.inbox_id, m.external_id)]
-            produced, _ = apply.fold_into_case(
-                session, case, f"message:{mid}", m.sent_at, c.MessageReceived(conversation_id=cid)
-            )
-            cases.save_case(session, case, m.sent_at)
-            effects[mid] = [e.as_dict() for e in produced]
+        case = cases.lock_case(session, conversation_ids=[cid])  # locked already: its own case
+        for m in human:
+            mid = message_ids[_key(m)]
+            received = c.MessageReceived(conversation_id=cid)
+            folded = apply.fold_into_case(session, case, f"message:{mid}", now, received)
+            effects[mid] = [e.as_dict() for e in folded.effects]
+        cases.save_case(session, case, now)
         session.execute(
             update(Conversation)
-            .where(Conversation.id == cid, Conversation.last_message_at < newest)
-            .values(last_message_at=newest)
+            .where(Conversation.id == cid, Conversation.last_message_at < last_message_at)
+            .values(last_message_at=last_message_at)
         )
-    if clocks and is_postgres(session):
-        bulk.update(session, Conversation, clocks)
-    elif clocks:
-        session.execute(update(Conversation), clocks)
+    bulk.update_many(session, Conversation, clocks)
     return effects
+
+
+def _changes_nothing(loaded: cases.LoadedCase, cid: int, now: datetime) -> bool:
+    """Open, live, and without a ticket or newer than everything in its case: a message would
+    change nothing but the clocks, and the rules need not run."""
+    conv = loaded.case.conversations[cid]
+    return (
+        conv.status == "open"
+        and conv.removed_by is None
+        and (conv.ticket_id is None or now >= loaded.clock_of_conversation(cid))
+    )
+
+
+def _replay_merged(
+    session: Session,
+    cid: int,
+    msgs: Iterable[InboundMessage],
+    message_ids: dict[MessageKey, int],
+    now: datetime,
+) -> dict[int, list[dict[str, Any]]]:
+    """A conversation that absorbed others: its state is its whole history replayed, the moved
+    messages in their places (as if they had been here from the start)."""
+    case = cases.lock_case(session, conversation_ids=[cid])
+    case.touched.add(("conversation", cid))
+    produced, _ = apply.replay(session, case)
+    cases.save_case(session, case, now)
+    newest = (
+        select(func.max(Message.received_at))
+        .where(Message.conversation_id == cid, Message.direction == "inbound")
+        .scalar_subquery()
+    )
+    session.execute(
+        update(Conversation).where(Conversation.id == cid).values(last_message_at=newest)
+    )
+    ids = [message_ids[_key(m)] for m in msgs]
+    return {mid: [e.as_dict() for e in produced.get(f"message:{mid}", [])] for mid in ids}
+
+
+def _outcomes(
+    batch: list[InboundMessage],
+    stored: dict[MessageKey, tuple[int, int]],
+    home: dict[MessageKey, int | None],
+    message_ids: dict[MessageKey, int],
+    effects: dict[int, list[dict[str, Any]]],
+    absorbed: dict[int, int],
+) -> list[IngestOutcome]:
+    out = []
+    answered: set[MessageKey] = set()
+    for m in batch:
+        key = _key(m)
+        if key in stored:
+            mid, conv = stored[key]
+            conv = absorbed.get(conv, conv)
+        else:
+            mid, conv = message_ids[key], home[key]  # type: ignore[assignment]
+        out.append(
+            IngestOutcome(
+                inbox_id=m.inbox_id,
+                external_id=m.external_id,
+                message_id=mid,
+                conversation_id=conv,
+                # A second copy within the batch is a duplicate of the first, like one stored
+                # before.
+                duplicate=key in stored or key in answered,
+                effects=[] if key in stored or key in answered else effects.get(mid, []),
+            )
+        )
+        answered.add(key)
+    return out

@@ -4,38 +4,37 @@ A delivery is one accepted webhook payload::
 
     {"inbox_id": 7, "provider": "generic", "received_at": "2026-…Z", "payload": {...}}
 
-The ingress journals deliveries in the store (``journal``) and enqueues their ids; a worker
-claims a batch of ids, normalizes, and stores them in one transaction (``process_deliveries``).
-A delivery that cannot be normalized, or that makes its batch fail for a reason other than a
-transient one, ends in a dead-letter record; the rest of the batch is stored. Transient errors
-(the database went away, a lock timed out) propagate, so that Celery retries the whole task:
-what was committed before is deduplicated on the second run.
+The ingress journals deliveries in the store (handlers/journal.py) and enqueues their ids; a
+worker locks exactly those rows, normalizes, and stores them in one transaction
+(``process_deliveries``), with each delivery's outcome (``GET /deliveries/{id}``). A delivery
+that cannot be normalized, or that makes its batch fail for a reason other than a transient one,
+ends in a dead-letter record; the rest of the batch is stored. Transient errors (the database
+went away, a lock timed out) propagate, so that Celery retries the whole task: what was
+committed before is deduplicated on the second run.
 """
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime, timedelta
+from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from handlers import apply, routing
+from handlers import apply, deadletters, journal, routing
 from handlers.channels import adapter_for
 from handlers.channels.base import WebhookError
 from handlers.ingest import ingest
 from schemas import changes as c
-from schemas.inbound import InboundMessage
+from schemas.inbound import InboundMessage, IngestOutcome
 from settings import Settings, get_settings
-from store import bulk, cases
+from store import bulk
 from store.blobs import BlobWriteError, blob_store
-from store.db import is_postgres, transaction
-from store.models import Account, Conversation, DeadLetter, Delivery, Ticket, WebhookToken
+from store.db import transaction
+from store.models import Account, Conversation, Delivery, DeliveryOutcome, Ticket
 
 # Worth retrying: the database, a lock or the blob store's disk, not the payload. IntegrityError
 # is here because two workers racing on one new row make one of them fail once; the retry finds
@@ -51,104 +50,14 @@ TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
 INGEST_TASK = "inboxsync.ingest_batch"
 APPLY_TASK = "inboxsync.apply_change"
 
-
-def delivery(inbox_id: int, provider: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """One accepted webhook payload, as the ingress hands it over."""
-    return {
-        "inbox_id": inbox_id,
-        "provider": provider,
-        "received_at": datetime.now(UTC).isoformat(),
-        "payload": payload,
-    }
-
-
-def journal(deliveries: list[dict[str, Any]]) -> list[int]:
-    """Keep accepted deliveries durably in the store (one commit); returns their ids.
-
-    This is what makes a 2xx safe: the broker message that follows carries only these ids, and a
-    lost broker message is made good by ``sweep``. A delivery with a ``replay_key`` already seen
-    (a replayed request) is left out, in the same transaction that remembers the new keys."""
-    now = datetime.now(UTC)
-    with transaction() as session:
-        deliveries = _first_time(session, deliveries, now)
-        rows = [
-            {
-                "inbox_id": d["inbox_id"],
-                "provider": d["provider"],
-                "received_at": datetime.fromisoformat(d["received_at"]),
-                "enqueued_at": now,
-                "payload": d["payload"],
-            }
-            for d in deliveries
-        ]
-        if not rows:
-            return []
-        if is_postgres(session):
-            return [r.id for r in bulk.insert(session, Delivery, rows, returning=["id"])]
-        return list(session.scalars(insert(Delivery).returning(Delivery.id), rows).all())
-
-
-def _first_time(
-    session: Session, deliveries: list[dict[str, Any]], now: datetime
-) -> list[dict[str, Any]]:
-    if not any(d.get("replay_key") for d in deliveries):
-        return deliveries
-    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    kept = []
-    for d in deliveries:  # few carry a key: only providers with one-time tokens set them
-        if d.get("replay_key"):
-            first = session.execute(
-                dialect_insert(WebhookToken)
-                .values(inbox_id=d["inbox_id"], token=d["replay_key"], seen_at=now)
-                .on_conflict_do_nothing()
-                .returning(WebhookToken.token)
-            ).first()
-            if first is None:
-                continue  # seen before (in this batch or within the window): a replay
-        kept.append(d)
-    return kept
-
-
-def forget_tokens(older_than_s: float) -> int:
-    """Drop one-time tokens older than the signature window: a request that old is refused
-    by its signature check anyway."""
-    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    with transaction() as session:
-        gone = session.scalars(
-            delete(WebhookToken).where(WebhookToken.seen_at < cutoff).returning(WebhookToken.token)
-        ).all()
-        return len(gone)
-
-
-def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
-    """Ids of deliveries enqueued more than ``older_than_s`` ago and still not stored.
-
-    They are marked enqueued now, so that each is handed out again at most once per period; the
-    caller publishes them. A second copy of a delivery that was only slow is harmless: the worker
-    that gets it second finds its row gone."""
-    now = datetime.now(UTC)
-    with transaction() as session:
-        ids = session.scalars(
-            select(Delivery.id)
-            .where(Delivery.enqueued_at < now - timedelta(seconds=older_than_s))
-            .order_by(Delivery.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).all()
-        if ids:
-            session.execute(
-                update(Delivery)
-                .where(bulk.among(session, Delivery.id, ids))
-                .values(enqueued_at=now)
-            )
-    return list(ids)
+Counts = dict[str, int]
 
 
 def normalize(d: dict[str, Any]) -> list[InboundMessage]:
     try:
         inbox_id, provider = int(d["inbox_id"]), str(d["provider"])
         received_at = datetime.fromisoformat(d["received_at"])
-        payload = d["payload"]
+        payload = journal.unwrapped(d["payload"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WebhookError(f"malformed delivery: {exc!r}") from None
     try:
@@ -157,21 +66,21 @@ def normalize(d: dict[str, Any]) -> list[InboundMessage]:
         raise WebhookError(str(exc)) from None
 
 
-def ingest_deliveries(deliveries: list[dict[str, Any]], task_id: str | None) -> dict[str, int]:
+def ingest_deliveries(deliveries: list[dict[str, Any]], task_id: str | None) -> Counts:
     """Journal and store deliveries at once (what ingress + worker do, in one call)."""
-    return process_deliveries(journal(deliveries), task_id)
+    return process_deliveries([i for i in journal.journal(deliveries) if i is not None], task_id)
 
 
-def process_deliveries(ids: list[int], task_id: str | None) -> dict[str, int]:
+def process_deliveries(ids: list[int], task_id: str | None) -> Counts:
     """Store the journaled deliveries ``ids``; returns counts (stored, duplicate, dead, gone).
 
     One transaction for the batch: the messages, the dead letters of deliveries that cannot be
-    normalized, and the deletion of the journal rows commit together, so each delivery is
-    processed once however often its id is delivered. If the batch fails for a reason that is not
-    transient, each delivery is tried alone and the one that fails goes to the dead letters."""
-    extra = max(0, get_settings().ingest_claim_max - len(ids))
+    normalized, the outcomes and the deletion of the journal rows commit together, so each
+    delivery is processed once however often its id is delivered. If the batch fails for a
+    reason that is not transient, each delivery is tried alone and the one that fails goes to
+    the dead letters."""
     try:
-        return _process(ids, task_id, extra=extra)
+        return _process(ids, task_id)
     except TRANSIENT_DB_ERRORS:
         raise
     except Exception:
@@ -199,13 +108,14 @@ _JOURNAL_COLUMNS = (
 )
 
 
-def _claim(session: Session, ids: list[int], extra: int = 0) -> list[Row[Any]]:
-    """Lock the journal rows ``ids`` that are still there, and up to ``extra`` more.
+def _claim(session: Session, ids: list[int]) -> list[Row[Any]]:
+    """Lock the journal rows ``ids`` that are still there. SKIP LOCKED: a row another worker is
+    storing (a copy of this message from the sweeper) is that worker's.
 
-    The extra rows are the oldest pending ones: under load a worker stores what has piled up in
-    one transaction instead of one small batch per broker message (their own messages, when they
-    come, find the rows gone). SKIP LOCKED: a row another worker is storing is that worker's."""
-    rows = list(
+    Only these: a worker that also took other pending rows left their own broker messages to
+    find nothing, each costing a task and a transaction after the work was done. Batches grow
+    with load in the ingress instead (api/batcher.py)."""
+    return list(
         session.execute(
             select(*_JOURNAL_COLUMNS)
             .where(bulk.among(session, Delivery.id, ids))
@@ -213,41 +123,37 @@ def _claim(session: Session, ids: list[int], extra: int = 0) -> list[Row[Any]]:
             .with_for_update(skip_locked=True)
         )
     )
-    if extra:
-        rows += session.execute(
-            select(*_JOURNAL_COLUMNS)
-            .where(bulk.not_among(session, Delivery.id, ids))
-            .order_by(Delivery.id)
-            .limit(extra)
-            .with_for_update(skip_locked=True)
-        ).all()
-    return rows
 
 
 def _as_delivery(row: Row[Any]) -> dict[str, Any]:
     return {
         "inbox_id": row.inbox_id,
         "provider": row.provider,
-        "received_at": cases.aware(row.received_at).isoformat(),
+        "received_at": row.received_at.isoformat(),
         "payload": row.payload,
     }
 
 
-def _process(ids: list[int], task_id: str | None, extra: int = 0) -> dict[str, int]:
+def _process(ids: list[int], task_id: str | None) -> Counts:
     with transaction() as session:
-        rows = _claim(session, ids, extra)
+        rows = _claim(session, ids)
         messages: list[InboundMessage] = []
-        dead: list[tuple[dict[str, Any], BaseException]] = []
+        owner: list[int] = []  # the delivery each message came from
+        dead: dict[int, tuple[dict[str, Any], BaseException]] = {}
         for row in rows:
             d = _as_delivery(row)
             try:
-                messages.extend(normalize(d))
+                found = normalize(d)
             except WebhookError as exc:
-                dead.append((d, exc))
+                dead[row.id] = (d, exc)
+                continue
+            messages += found
+            owner += [row.id] * len(found)
         # Attachment bytes first: once the messages commit, their blobs are on disk.
         blob_store().put_all(blob for m in messages for blob in m.blobs)
         outcomes = ingest(session, messages) if messages else []
-        _insert_dead_letters(session, INGEST_TASK, task_id, dead)
+        deadletters.insert(session, INGEST_TASK, task_id, list(dead.values()))
+        _record_outcomes(session, rows, owner, outcomes, dead)
         session.execute(
             delete(Delivery).where(bulk.among(session, Delivery.id, [r.id for r in rows]))
         )
@@ -260,7 +166,47 @@ def _process(ids: list[int], task_id: str | None, extra: int = 0) -> dict[str, i
     }
 
 
-def _bury(ids: list[int], task_id: str | None) -> dict[str, int]:
+def _record_outcomes(
+    session: Session,
+    rows: list[Row[Any]],
+    owner: list[int],
+    outcomes: list[IngestOutcome],
+    dead: dict[int, tuple[dict[str, Any], BaseException]],
+) -> None:
+    """What became of each delivery, for ``GET /deliveries/{id}``."""
+    per_delivery: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for delivery_id, o in zip(owner, outcomes, strict=True):
+        per_delivery[delivery_id].append(
+            {
+                "message_id": o.message_id,
+                "conversation_id": o.conversation_id,
+                "duplicate": o.duplicate,
+            }
+        )
+    now = datetime.now(UTC)
+    records = []
+    for row in rows:
+        found = per_delivery.get(row.id, [])
+        if row.id in dead:
+            state, error = "dead", str(dead[row.id][1])[:2000].replace("\x00", "\ufffd")
+        else:
+            duplicate = bool(found) and all(m["duplicate"] for m in found)
+            state, error = ("duplicate" if duplicate else "stored"), None
+        records.append(
+            {
+                "id": row.id,
+                "inbox_id": row.inbox_id,
+                "state": state,
+                "messages": found,
+                "error": error,
+                "received_at": row.received_at,
+                "processed_at": now,
+            }
+        )
+    bulk.insert_many(session, DeliveryOutcome, records)
+
+
+def _bury(ids: list[int], task_id: str | None) -> Counts:
     """Dead-letter deliveries that fail on their own, with the error, and drop their rows."""
     try:
         _process(ids, task_id)
@@ -272,9 +218,9 @@ def _bury(ids: list[int], task_id: str | None) -> dict[str, int]:
         return {"stored": 0, "duplicate": 0, "dead": 0, "gone": len(ids)}
     with transaction() as session:
         rows = _claim(session, ids)
-        _insert_dead_letters(
-            session, INGEST_TASK, task_id, [(_as_delivery(r), error) for r in rows]
-        )
+        dead = {r.id: (_as_delivery(r), error) for r in rows}
+        deadletters.insert(session, INGEST_TASK, task_id, list(dead.values()))
+        _record_outcomes(session, rows, [], [], dead)
         session.execute(
             delete(Delivery).where(bulk.among(session, Delivery.id, [r.id for r in rows]))
         )
@@ -306,64 +252,12 @@ def queue_for_action(session: Session, action: c.Action, settings: Settings) -> 
         elif row.ticket_id is not None:
             location = row.location
         else:
-            created = row.created_at
-            created = created if created.tzinfo else created.replace(tzinfo=UTC)
             location = routing.ticket_location(
                 row.tier,
-                created,
+                row.created_at,
                 cutoff=settings.helpdesk_cutoff,
                 helpdesk_tiers=settings.helpdesk_tiers,
             )
     else:
         location = session.scalar(select(Conversation.location).where(Conversation.id == conv_id))
     return routing.queue_for(location or "inbox")
-
-
-def fingerprint(task: str, payload: Any) -> str:
-    return hashlib.sha256(
-        task.encode() + b"\0" + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
-    ).hexdigest()
-
-
-def record_dead_letters(
-    task: str,
-    task_id: str | None,
-    items: list[tuple[dict[str, Any], BaseException]],
-    *,
-    attempts: int = 1,
-    key: str | None = None,
-) -> None:
-    """Keep each payload with its error, once (recording again is a no-op)."""
-    if not items:
-        return
-    with transaction() as session:
-        _insert_dead_letters(session, task, task_id, items, attempts=attempts, key=key)
-
-
-def _insert_dead_letters(
-    session: Session,
-    task: str,
-    task_id: str | None,
-    items: list[tuple[dict[str, Any], BaseException]],
-    *,
-    attempts: int = 1,
-    key: str | None = None,
-) -> None:
-    if not items:
-        return
-    insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    rows = [
-        {
-            "fingerprint": fingerprint(task, payload),
-            "key": key,
-            "task": task,
-            "task_id": task_id,
-            "payload": payload,
-            "error_type": type(error).__name__,
-            "error": str(error)[:10_000],
-            "attempts": attempts,
-            "created_at": datetime.now(UTC),
-        }
-        for payload, error in items
-    ]
-    session.execute(insert(DeadLetter).on_conflict_do_nothing(index_elements=["fingerprint"]), rows)

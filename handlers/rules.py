@@ -104,10 +104,22 @@ def _ticket(case: Case, ticket_id: int) -> TicketState:
         raise RuleRefusal("-", f"ticket {ticket_id} not found", 404) from None
 
 
+MERGED = "merged:"  # ``removed_by`` of a conversation merged into another (M2)
+
+
+def merged_into(removed_by: str | None) -> int | None:
+    if removed_by is None or not removed_by.startswith(MERGED):
+        return None
+    return int(removed_by[len(MERGED) :])
+
+
 def _live(obj: ConversationState | TicketState) -> None:
-    if obj.removed_by is not None:
-        kind = "ticket" if isinstance(obj, TicketState) else "conversation"
-        raise RuleRefusal("D", f"{kind} {obj.id} is deleted; restore it first")
+    if obj.removed_by is None:
+        return
+    if (into := merged_into(obj.removed_by)) is not None:
+        raise RuleRefusal("M2", f"conversation {obj.id} was merged into conversation {into}")
+    kind = "ticket" if isinstance(obj, TicketState) else "conversation"
+    raise RuleRefusal("D", f"{kind} {obj.id} is deleted; restore it first")
 
 
 def apply(case: Case, change_id: str, action: c.Action) -> list[Effect]:
@@ -216,6 +228,8 @@ def _restore(case: Case, cause: str | None, fx: _Effects) -> None:
     """Bring back everything the cascade ``cause`` removed, and nothing else."""
     if cause is None:
         return
+    if (into := merged_into(cause)) is not None:
+        raise RuleRefusal("M2", f"merged into conversation {into}: its messages are there now")
     removable: list[ConversationState | TicketState] = [
         *case.tickets.values(),
         *case.conversations.values(),
@@ -246,6 +260,16 @@ def _message_received(case: Case, _id: str, a: c.MessageReceived, fx: _Effects) 
             fx.set(ticket, "status", "waiting_on_us", "M1")
 
 
+def _merge_conversation(case: Case, _id: str, a: c.MergeConversation, fx: _Effects) -> None:
+    """M2: the conversation is part of another's thread; ingestion moved its messages there.
+    Only a conversation without a ticket is merged (T2: it would leave its ticket)."""
+    conv = _conversation(case, a.conversation_id)
+    if conv.ticket_id is not None:
+        raise RuleRefusal("T2", f"conversation {conv.id} has a ticket: it is not merged")
+    if conv.removed_by is None:
+        fx.set(conv, "removed_by", f"{MERGED}{a.into_id}", "M2")
+
+
 _HANDLERS: dict[type, Callable[[Case, str, Any, _Effects], None]] = {
     c.SetConversationOwner: _set_conversation_owner,
     c.SetTicketOwner: _set_ticket_owner,
@@ -259,4 +283,5 @@ _HANDLERS: dict[type, Callable[[Case, str, Any, _Effects], None]] = {
     c.RestoreConversation: _restore_conversation,
     c.RestoreTicket: _restore_ticket,
     c.MessageReceived: _message_received,
+    c.MergeConversation: _merge_conversation,
 }

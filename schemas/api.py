@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.changes import Action, ConversationStatus, Location, TicketStatus
 from schemas.outbound import OutboundConfig, ReplyState
+from schemas.types import Timestamp
 
 Tier = Literal["free", "starter", "professional", "enterprise"]
 Channel = Literal["email", "chat"]
@@ -30,7 +30,7 @@ class AccountOut(BaseModel):
     id: int
     name: str
     tier: Tier
-    created_at: datetime
+    created_at: Timestamp
     ticket_location: Location = Field(description="Where this account's new tickets go (R1/R2).")
 
 
@@ -79,15 +79,58 @@ class OwnerOut(BaseModel):
     email: str | None
 
 
+class AddressOut(BaseModel):
+    name: str = ""
+    email: str
+
+
+class AttachmentOut(BaseModel):
+    index: int = Field(description="Its place in the message: /messages/{id}/attachments/{index}")
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    inline: bool = False
+    content_id: str | None = None
+    stored: bool = Field(description="False: over the size limit, listed but not kept.")
+    url: str | None = Field(description="Where to fetch its bytes; none when not stored.")
+
+
 class MessageOut(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True)
+    """A whole message. Three times: ``sent_at`` is what the sender wrote on it (shown, never
+    trusted for order); ``received_at`` when inboxsync accepted it; ``stored_at`` when it was
+    stored, its place in its conversation's history (messages are listed in that order)."""
+
     id: int
-    external_id: str
-    direction: str
+    conversation_id: int
+    inbox_id: int
+    external_id: str = Field(description="Our key of it: `mid:<Message-ID>` for mail.")
+    provider_id: str | None = Field(description="The provider's own id of it, if any.")
+    message_id: str | None = Field(description="Its RFC 5322 Message-ID (mail only).")
+    direction: Literal["inbound", "outbound"]
     sender: str
+    from_: AddressOut | None = Field(serialization_alias="from")
+    to: list[AddressOut] = Field(default_factory=list)
+    cc: list[AddressOut] = Field(default_factory=list)
+    reply_to: list[AddressOut] = Field(default_factory=list)
+    subject: str | None = None
     text: str
-    sent_at: datetime
-    received_at: datetime
-    automatic: bool = False  # an auto-reply or a bounce
+    visible_text: str | None = Field(description="What the sender wrote now (mail).")
+    html: str | None = Field(description="The HTML body, sanitized for display.")
+    in_reply_to: list[str] = Field(default_factory=list)
+    references: list[str] = Field(default_factory=list)
+    attachments: list[AttachmentOut] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list, description="What was odd in it.")
+    automatic: bool = Field(description="An auto-reply or a bounce: it reopens nothing.")
+    also_in: list[int] = Field(
+        default_factory=list,
+        description="Other conversations this message answers, left apart because each has a "
+        "ticket of its own (README: threading).",
+    )
+    sent_at: Timestamp
+    received_at: Timestamp
+    stored_at: Timestamp
     reply_id: int | None = None  # an agent's reply: its delivery is /replies/{reply_id}
     delivery: ReplyState | None = None
 
@@ -96,6 +139,7 @@ class ConversationOut(BaseModel):
     id: int
     account_id: int
     inbox_id: int
+    contact_id: int
     contact: str
     thread_key: str
     owner_id: int | None
@@ -103,9 +147,13 @@ class ConversationOut(BaseModel):
     location: Location
     ticket_id: int | None
     trashed: bool
-    removed_at: datetime | None
-    created_at: datetime
-    last_message_at: datetime
+    merged_into: int | None = Field(
+        default=None, description="Merged into this conversation (M2): its messages are there."
+    )
+    removed_at: Timestamp | None
+    created_at: Timestamp
+    last_message_at: Timestamp = Field(description="When its newest message reached inboxsync.")
+    message_count: int
     messages: list[MessageOut] | None = None
 
 
@@ -118,9 +166,36 @@ class TicketOut(BaseModel):
     properties: dict[str, Any]
     location: Location
     deleted: bool
-    removed_at: datetime | None
-    created_at: datetime
+    removed_at: Timestamp | None
+    created_at: Timestamp
     conversation_ids: list[int]
+
+
+class ContactOut(BaseModel):
+    id: int
+    account_id: int
+    handle: str
+    conversation_count: int
+
+
+class DeliveryMessage(BaseModel):
+    message_id: int | None
+    conversation_id: int | None
+    duplicate: bool
+
+
+class DeliveryOut(BaseModel):
+    """Where an accepted webhook delivery went: ``journaled`` (accepted, not processed yet),
+    ``stored`` (its messages, in their conversations), ``duplicate`` (every message it held
+    was stored before), or ``dead`` (a dead letter; ``error`` says why)."""
+
+    id: int
+    inbox_id: int
+    state: Literal["journaled", "stored", "duplicate", "dead"]
+    received_at: Timestamp
+    processed_at: Timestamp | None = None
+    messages: list[DeliveryMessage] = Field(default_factory=list)
+    error: str | None = None
 
 
 class CreateTicketIn(_Body):
@@ -156,11 +231,19 @@ class ChangeIn(_Body):
 
 class ChangeOut(BaseModel):
     change_id: str
-    status: Literal["applied", "rejected", "pending", "failed"]
+    status: Literal["applied", "rejected", "superseded", "pending", "failed"] = Field(
+        description="superseded: applied in its place in history, but a later event (listed in "
+        "`superseded`) already set the same fields otherwise; the state shown is the later one."
+    )
     duplicate: bool = False
     replayed: bool = False
     error: str | None = None
     rule: str | None = None
+    occurred_at: Timestamp | None = Field(
+        default=None, description="Where the change stands in its case's history."
+    )
+    notes: list[str] = Field(default_factory=list)
     conversation: ConversationOut | None = None
     ticket: TicketOut | None = None
     effects: list[dict[str, Any]] = Field(default_factory=list)
+    superseded: list[dict[str, Any]] = Field(default_factory=list)

@@ -95,6 +95,15 @@ class MessageReceived(_Change):
     conversation_id: int
 
 
+class MergeConversation(_Change):
+    """A message showed this conversation to be part of ``into_id``'s thread (M2): its messages
+    moved there. Made by ingestion (handlers/threading.py), never by the API."""
+
+    kind: Literal["merge_conversation"] = "merge_conversation"
+    conversation_id: int
+    into_id: int
+
+
 Action = Annotated[
     SetConversationOwner
     | SetConversationStatus
@@ -107,7 +116,8 @@ Action = Annotated[
     | DeleteTicket
     | RestoreConversation
     | RestoreTicket
-    | MessageReceived,
+    | MessageReceived
+    | MergeConversation,
     Field(discriminator="kind"),
 ]
 ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)
@@ -123,11 +133,17 @@ class ChangeEnvelope(BaseModel):
     occurred_at: AwareDatetime
     action: Action
     request_sha256: str | None = None
+    # What the answer must tell the caller about how the change was taken (a clamped time).
+    notes: list[str] = Field(default_factory=list)
 
 
 class ChangeResult(BaseModel):
+    """``applied``; ``rejected`` by a rule (``code`` = rule:status); or ``superseded``: applied
+    in its place in history, but a later event (named in ``superseded``) already set the same
+    fields otherwise, so the case does not show it."""
+
     change_id: str
-    outcome: Literal["applied", "rejected"]
+    outcome: Literal["applied", "rejected", "superseded"]
     duplicate: bool = False
     replayed: bool = False
     error: str | None = None
@@ -135,6 +151,9 @@ class ChangeResult(BaseModel):
     conversation_id: int | None = None
     ticket_id: int | None = None
     effects: list[dict[str, Any]] = Field(default_factory=list)
+    superseded: list[dict[str, Any]] = Field(default_factory=list)
+    occurred_at: datetime | None = None
+    notes: list[str] = Field(default_factory=list)
 
 
 def order_key(occurred_at: datetime, change_id: str) -> tuple[datetime, str]:

@@ -14,6 +14,9 @@ class InboundMessage(BaseModel):
 
     inbox_id: int
     external_id: str = Field(min_length=1, max_length=500)
+    # The provider's own id of the message, when it differs from ``external_id`` (a mail keyed by
+    # its Message-ID also has Postmark's MessageID, SES's messageId, …).
+    provider_id: str | None = Field(default=None, max_length=500)
     sender: str = Field(min_length=1, max_length=320)
     # Messages with one thread key share a conversation; None threads by sender.
     thread_key: str | None = Field(default=None, max_length=500)

@@ -6,12 +6,12 @@ at the provider's API (change it for Mailgun's EU region, or a test's fake provi
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.email import Address
+from schemas.types import Timestamp
 
 ReplyState = Literal["queued", "sending", "sent", "failed"]
 
@@ -103,6 +103,6 @@ class ReplyOut(BaseModel):
     attempts: int
     provider_message_id: str | None
     error: str | None
-    created_at: datetime
-    sent_at: datetime | None
-    next_attempt_at: datetime | None
+    created_at: Timestamp
+    sent_at: Timestamp | None
+    next_attempt_at: Timestamp | None

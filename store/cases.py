@@ -41,6 +41,7 @@ class LoadedCase:
     last_change_at: datetime
     clocks: dict[tuple[str, int], datetime] = field(default_factory=dict)
     last_message_at: dict[int, datetime] = field(default_factory=dict)
+    merged_into: dict[int, int] = field(default_factory=dict)
     touched: set[tuple[str, int]] = field(default_factory=set)
 
     def clock_of_conversation(self, conversation_id: int) -> datetime:
@@ -54,11 +55,6 @@ class LoadedCase:
         return max(self.clocks[m] for m in members)
 
 
-def aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 # What a case needs of its rows (whole ORM objects cost more to build than the rules do).
 _CONVERSATION_COLUMNS = (
     Conversation.id,
@@ -70,6 +66,7 @@ _CONVERSATION_COLUMNS = (
     Conversation.removed_by,
     Conversation.last_change_at,
     Conversation.last_message_at,
+    Conversation.merged_into,
 )
 _TICKET_COLUMNS = (
     Ticket.id,
@@ -128,6 +125,7 @@ def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
     accounts: dict[tuple[str, int], int] = {}
     clocks: dict[tuple[str, int], datetime] = {}
     last_message_at: dict[int, datetime] = {}
+    merged_into: dict[int, int] = {}
     for t in ticket_rows:
         case.tickets[t.id] = TicketState(
             id=t.id,
@@ -137,7 +135,7 @@ def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
             removed_by=t.removed_by,
         )
         accounts[("ticket", t.id)] = t.account_id
-        clocks[("ticket", t.id)] = aware(t.last_change_at)
+        clocks[("ticket", t.id)] = t.last_change_at
     for cv in conv_rows:
         case.conversations[cv.id] = ConversationState(
             id=cv.id,
@@ -148,8 +146,10 @@ def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
             removed_by=cv.removed_by,
         )
         accounts[("conversation", cv.id)] = cv.account_id
-        clocks[("conversation", cv.id)] = aware(cv.last_change_at)
-        last_message_at[cv.id] = aware(cv.last_message_at)
+        clocks[("conversation", cv.id)] = cv.last_change_at
+        last_message_at[cv.id] = cv.last_message_at
+        if cv.merged_into is not None:
+            merged_into[cv.id] = cv.merged_into
     return LoadedCase(
         case=case,
         before=_copy(case),
@@ -157,6 +157,24 @@ def _loaded(conv_rows: Iterable[Any], ticket_rows: Iterable[Any]) -> LoadedCase:
         last_change_at=max(clocks.values(), default=EPOCH),
         clocks=clocks,
         last_message_at=last_message_at,
+        merged_into=merged_into,
+    )
+
+
+def combined(a: LoadedCase, b: LoadedCase) -> LoadedCase:
+    """Two loads of disjoint or overlapping rows (locked in one transaction) as one."""
+    case = Case(
+        conversations={**a.case.conversations, **b.case.conversations},
+        tickets={**a.case.tickets, **b.case.tickets},
+    )
+    return LoadedCase(
+        case=case,
+        before=_copy(case),
+        account_ids={**a.account_ids, **b.account_ids},
+        last_change_at=max(a.last_change_at, b.last_change_at),
+        clocks={**a.clocks, **b.clocks},
+        last_message_at={**a.last_message_at, **b.last_message_at},
+        merged_into={**a.merged_into, **b.merged_into},
     )
 
 
@@ -206,27 +224,30 @@ def _diff(
 
 
 def history(session: Session, case: Case) -> list[tuple[datetime, str, c.Action]]:
-    """Every applied change and inbound message of the case, in the total order of changes."""
+    """Every applied change and inbound message of the case, in the total order of changes.
+
+    A message takes its place by ``stored_at``, when it became visible to agents; never by the
+    time its sender wrote on it."""
     conv_ids = list(case.conversations)
     ticket_ids = list(case.tickets)
     rows = session.execute(
         select(Change.id, Change.occurred_at, Change.payload).where(
-            Change.outcome == "applied",
+            Change.outcome.in_(("applied", "superseded")),  # both hold their place in history
             or_(Change.conversation_id.in_(conv_ids), Change.ticket_id.in_(ticket_ids)),
         )
     ).all()
     events: list[tuple[datetime, str, c.Action]] = [
-        (aware(r.occurred_at), r.id, c.ACTION_ADAPTER.validate_python(r.payload)) for r in rows
+        (r.occurred_at, r.id, c.ACTION_ADAPTER.validate_python(r.payload)) for r in rows
     ]
     messages = session.execute(
-        select(Message.id, Message.conversation_id, Message.sent_at).where(
+        select(Message.id, Message.conversation_id, Message.stored_at).where(
             Message.conversation_id.in_(conv_ids),
             Message.direction == "inbound",
             Message.automatic.is_(False),
         )
     ).all()
     events += [
-        (aware(m.sent_at), f"message:{m.id}", c.MessageReceived(conversation_id=m.conversation_id))
+        (m.stored_at, f"message:{m.id}", c.MessageReceived(conversation_id=m.conversation_id))
         for m in messages
     ]
     events.sort(key=lambda e: c.order_key(e[0], e[1]))

@@ -2,8 +2,9 @@
 
 - a conversation holds one ``ticket_id`` column, so it has at most one ticket (T1);
 - ``(inbox_id, external_id)`` is unique, so a provider message is stored once;
-- ``(inbox_id, thread_key)`` is unique in ``threads``, so two workers cannot open two
-  conversations for one thread;
+- ``(inbox_id, thread_key)`` is unique in ``threads``: every thread id a message names (its own
+  id, the ids it answers, its thread key) points to one conversation, and the row is what two
+  workers lock to agree on it (handlers/threading.py);
 - ``changes.id`` is the identity of every applied change (provider event id or API idempotency key);
 - foreign keys everywhere.
 
@@ -20,7 +21,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -31,12 +31,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from store.types import UTCDateTime
+
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+    # Every timestamp is stored in UTC and read back aware, on both stores (store/types.py).
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Account(Base):
@@ -125,23 +128,33 @@ class Conversation(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     removed_by: Mapped[str | None] = mapped_column(String(200))
     removed_at: Mapped[datetime | None]
+    # Set when a message showed this conversation to be part of another one's thread: its
+    # messages moved there (handlers/threading.py); ``removed_by`` is then ``merged:<id>``.
+    merged_into: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
     created_at: Mapped[datetime]
+    # When the newest message reached inboxsync (our clock; a sender's Date is only displayed).
     last_message_at: Mapped[datetime]
     last_change_at: Mapped[datetime]
     __table_args__ = (
         CheckConstraint("status IN ('open','closed')", name="status_known"),
         CheckConstraint("location IN ('inbox','help_desk')", name="location_known"),
         Index("ix_conversations_account_status", "account_id", "status"),
+        Index("ix_conversations_contact_id", "contact_id"),
     )
 
 
 class Thread(Base):
-    """Which conversation new messages of a thread go to (moves on when that one is trashed)."""
+    """A thread id (a message's own id, an id it answers, a thread key) and the conversation it
+    belongs to; a message joins the conversation of any id it shares with one.
+
+    ``conversation_id`` is empty only inside the transaction that inserted the row to lock the id
+    (handlers/threading.py), which fills it before it commits. It moves on when its conversation
+    is trashed (a new message starts a new one) or merged."""
 
     __tablename__ = "threads"
     inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"), primary_key=True)
     thread_key: Mapped[str] = mapped_column(String(500), primary_key=True)
-    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), index=True)
 
 
 class Delivery(Base):
@@ -161,6 +174,42 @@ class Delivery(Base):
     received_at: Mapped[datetime]
     enqueued_at: Mapped[datetime] = mapped_column(index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # An id is never handed out twice (SQLite would reuse the highest after a delete): it names
+    # the delivery's outcome for good (DeliveryOutcome).
+    __table_args__ = {"sqlite_autoincrement": True}
+
+
+class DeliveryOutcome(Base):
+    """What became of an accepted delivery, written in the transaction that processed it
+    (``GET /deliveries/{id}``): ``stored`` / ``duplicate`` with its messages and conversations,
+    or ``dead`` with the reason. ``id`` is the delivery's id, named in the webhook's 202."""
+
+    __tablename__ = "delivery_outcomes"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    inbox_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(10))
+    # [{"message_id", "conversation_id", "duplicate"}], one per message the payload held.
+    messages: Mapped[list[Any]] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    processed_at: Mapped[datetime]
+    __table_args__ = (
+        CheckConstraint("state IN ('stored','duplicate','dead')", name="state_known"),
+    )
+
+
+class PendingChange(Base):
+    """An API write accepted and put on the broker, not applied yet: the journal of changes,
+    as ``deliveries`` is the journal of webhooks. The worker that applies the change deletes the
+    row in the same transaction; a row still here ``sweep_after_s`` after ``enqueued_at`` lost its
+    broker message and is published again. ``GET /changes/{id}`` answers ``pending`` from it."""
+
+    __tablename__ = "pending_changes"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    account_id: Mapped[int] = mapped_column(BigInteger)
+    queue: Mapped[str] = mapped_column(String(20))
+    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    enqueued_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class WebhookToken(Base):
@@ -174,20 +223,32 @@ class WebhookToken(Base):
 
 
 class Message(Base):
+    """One message. Three times, one meaning each: ``sent_at`` is what the sender claims (shown,
+    never trusted for order); ``received_at`` is when the ingress accepted it; ``stored_at`` is
+    when it was stored and became visible to agents: its place in its case's history, the one
+    clock that orders it against agents' changes (M1 reopens only what an agent closed before it
+    could have seen the message)."""
+
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
     external_id: Mapped[str] = mapped_column(String(500))
+    # The provider's own id of the message, when it has one apart from ``external_id``.
+    provider_id: Mapped[str | None] = mapped_column(String(500))
     direction: Mapped[str] = mapped_column(String(10), default="inbound")
     sender: Mapped[str] = mapped_column(String(320))
     text: Mapped[str] = mapped_column(Text)
     sent_at: Mapped[datetime]
     received_at: Mapped[datetime]
+    stored_at: Mapped[datetime]
     headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # An auto-reply or a bounce: recorded, but it never reopens anything (see handlers/ingest.py).
     automatic: Mapped[bool] = mapped_column(default=False, server_default=false())
-    __table_args__ = (UniqueConstraint("inbox_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("inbox_id", "external_id"),
+        Index("ix_messages_inbox_provider_id", "inbox_id", "provider_id"),
+    )
 
 
 class Reply(Base):

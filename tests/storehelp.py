@@ -70,9 +70,12 @@ def inbound(
     )
 
 
-def store(*messages: InboundMessage) -> list[IngestOutcome]:
+def store(*messages: InboundMessage, stored: float | None = None) -> list[IngestOutcome]:
+    """Store ``messages`` as one batch at test time ``stored`` (default: when the newest was
+    received), which is their place in time against changes."""
+    clock = at(stored) if stored is not None else max(m.received_at for m in messages)
     with transaction() as session:
-        return ingest.ingest(session, list(messages))
+        return ingest.ingest(session, list(messages), clock=clock)
 
 
 def conversation(inbox: int, thread: str, sent: float = 0.0) -> int:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from api.batcher import Batcher
 from api.webhooks import Ingress
-from handlers import pipeline
+from handlers import journal, pipeline
 from store.db import reading
 from store.models import DeadLetter, Delivery, Message
 from tests.apihelp import ADMIN, eventually, message, post_webhook, setup_account
@@ -154,7 +154,7 @@ def test_broker_down_answers_503_and_nothing_is_acknowledged(
     def enqueue(deliveries: list[dict[str, Any]]) -> None:  # api.app.enqueue, to a dead broker
         dead.send_task(
             pipeline.INGEST_TASK,
-            args=[pipeline.journal(deliveries)],
+            args=[journal.journal(deliveries)],
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1},
         )

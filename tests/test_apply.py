@@ -89,7 +89,11 @@ def test_a_stale_change_does_not_overwrite_a_newer_one(make_account):
     older = c.SetConversationOwner(conversation_id=conv, owner_id=acct["owner"])
     run(change("newer", acct["account"], newer, seconds=50))
     late = run(change("older", acct["account"], older, seconds=40))
-    assert late["outcome"] == "applied" and late["replayed"] is True
+    # In its place in history, but overridden: the answer says so instead of "applied".
+    assert late["outcome"] == "superseded" and late["replayed"] is True
+    assert late["superseded"] == [
+        {"entity": "conversation", "id": conv, "field": "owner_id", "by": "newer", "rule": "owner"}
+    ]
     assert state([conv])["conversations"][0][2] == acct["owner2"]
 
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from handlers import pipeline
+from handlers import journal, pipeline
 from handlers.channels import adapter_for
 from handlers.channels.base import WebhookRequest
 from handlers.email.parse import parse_raw
@@ -34,7 +34,7 @@ def client(db: None) -> Iterator[TestClient]:
 def deliver(inbox: int, raw: bytes = RAW) -> int:
     request = WebhookRequest("POST", "https://x", {"content-type": "message/rfc822"}, {}, raw)
     [payload] = adapter_for("rfc822").accept(request).payloads
-    pipeline.ingest_deliveries([pipeline.delivery(inbox, "rfc822", payload)], task_id=None)
+    pipeline.ingest_deliveries([journal.delivery(inbox, "rfc822", payload)], task_id=None)
     with reading() as session:
         return int(
             session.scalars(

@@ -70,14 +70,14 @@ def test_killed_worker_loses_and_doubles_nothing(client: TestClient) -> None:
     client.app.state.batcher._max_items = 5  # type: ignore[attr-defined]  # many small tasks
     ids = [f"m-{i}" for i in range(300)]
     post_many(client, acct["inbox"], ids)
-    first = start_worker("--pool", "solo", claim_max=5)  # small transactions: killed mid-way
+    first = start_worker("--pool", "solo")  # small transactions (5): killed mid-way
     try:
         eventually(lambda: stored_messages() > 0, timeout=60)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert stored_messages() < 300, "the first worker finished everything before the kill"
-    second = start_worker("--pool", "solo", claim_max=5)
+    second = start_worker("--pool", "solo")
     try:
         eventually(lambda: stored_messages() == 300, timeout=60)
     finally:

@@ -13,13 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def start_worker(
     *args: str,
     visibility_timeout: float = 3.0,
-    claim_max: int = 500,
     extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **(extra_env or {}),
-        "INBOXSYNC_INGEST_CLAIM_MAX": str(claim_max),
         "INBOXSYNC_REDIS_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
         "INBOXSYNC_EMBEDDED_VISIBILITY_TIMEOUT_S": str(visibility_timeout),
         "INBOXSYNC_REDIS_RESTORE_INTERVAL_S": "1",

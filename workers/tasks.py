@@ -16,7 +16,7 @@ from typing import Any
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
-from handlers import pipeline
+from handlers import deadletters, pipeline
 from handlers.outbound import replies
 from settings import get_settings
 from workers.app import app
@@ -38,7 +38,7 @@ class InboxsyncTask(Task):  # type: ignore[misc]
         key = None
         if self.name == pipeline.APPLY_TASK and args and isinstance(args[0], dict):
             key = args[0].get("id")
-        pipeline.record_dead_letters(
+        deadletters.record(
             self.name,
             task_id,
             [(payload, exc)],

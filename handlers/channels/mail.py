@@ -66,6 +66,7 @@ def to_inbound(
     return InboundMessage(
         inbox_id=inbox_id,
         external_id=external_id[:500],
+        provider_id=provider_id[:500] if provider_id else None,
         sender=sender[:320],
         thread_key=external_id[:500],
         text=parsed.text[:MAX_TEXT],

@@ -37,7 +37,7 @@ from handlers.outbound.base import LookupUnsupported, Outcome, SendFailed
 from handlers.outbound.compose import compose
 from schemas.outbound import OutboundConfig, OutboundMail, ReplyIn
 from settings import Settings, get_settings
-from store.cases import aware
+from store import threads
 from store.db import reading, transaction
 from store.models import Conversation, Inbox, Message, Reply
 
@@ -155,11 +155,16 @@ def _insert(
         text=mail.text,
         sent_at=now,
         received_at=now,
+        stored_at=now,
         headers={"email": kept},
         automatic=False,
     )
     session.add(message)
     session.flush()
+    # The customer's answer names our Message-ID: record it as one of the conversation's thread
+    # ids (handlers/threading.py), so the answer finds this conversation.
+    threads.lock(session, [(inbox.id, message.external_id)])
+    threads.point(session, {(inbox.id, message.external_id): conversation_id})
     reply = Reply(
         key=reply_key,
         request_sha256=digest,
@@ -191,7 +196,7 @@ def _newest_customer_mail(session: Session, conversation_id: int) -> dict[str, A
             Message.direction == "inbound",
             Message.automatic.is_(False),
         )
-        .order_by(Message.sent_at.desc(), Message.id.desc())
+        .order_by(Message.stored_at.desc(), Message.id.desc())
         .limit(20)
     ).scalars()
     for headers in rows:
@@ -306,7 +311,7 @@ def _not_due(reply_id: int, now: datetime) -> Attempted:
             select(Reply.state, Reply.next_attempt_at).where(Reply.id == reply_id)
         ).first()
     if row is not None and row.state == "queued" and row.next_attempt_at is not None:
-        due = aware(row.next_attempt_at)
+        due = row.next_attempt_at
         return Attempted("skipped", retry_in_s=max((due - now).total_seconds(), 0.0))
     return Attempted("skipped")
 

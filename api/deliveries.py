@@ -1,0 +1,45 @@
+"""``GET /deliveries/{id}``: where an accepted webhook delivery went (the 202 names its ids)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from api.auth import Caller
+from api.errors import not_found
+from schemas.api import DeliveryOut
+from schemas.types import Id
+from store.db import reading
+from store.models import Delivery, DeliveryOutcome, Inbox
+
+router = APIRouter(tags=["webhooks"])
+
+
+@router.get("/deliveries/{delivery_id}", response_model=DeliveryOut)
+def get_delivery(delivery_id: Id, who: Caller) -> Any:
+    with reading() as session:
+        done = session.get(DeliveryOutcome, delivery_id)
+        waiting = None if done is not None else session.get(Delivery, delivery_id)
+        inbox_id = done.inbox_id if done else (waiting.inbox_id if waiting else None)
+        account = session.scalar(select(Inbox.account_id).where(Inbox.id == inbox_id))
+        if inbox_id is None or account is None or not who.sees(account):
+            raise not_found("delivery", delivery_id)
+        if done is not None:
+            return DeliveryOut(
+                id=done.id,
+                inbox_id=done.inbox_id,
+                state=done.state,  # type: ignore[arg-type]
+                received_at=done.received_at,
+                processed_at=done.processed_at,
+                messages=done.messages,
+                error=done.error,
+            )
+        assert waiting is not None
+        return DeliveryOut(
+            id=waiting.id,
+            inbox_id=waiting.inbox_id,
+            state="journaled",
+            received_at=waiting.received_at,
+        )

@@ -1,0 +1,178 @@
+"""The journals: what the HTTP service accepted, kept in the store before it answers.
+
+- **Deliveries** (webhooks): ``journal`` writes accepted payloads in one commit and returns their
+  ids; the broker then carries only the ids. A worker deletes a delivery's row in the transaction
+  that stores it (handlers/pipeline.py); ``sweep`` finds rows whose broker message was lost.
+- **Pending changes** (API writes): ``pend`` records a change before it is published;
+  the worker that applies it deletes the row (handlers/apply.py); ``sweep_changes`` finds lost
+  ones. ``GET /changes/{id}`` answers ``pending`` from it, never 404.
+- **One-time tokens** (Mailgun's ``token``): a replayed request is journaled once.
+
+The store is the one durable place; the broker is a fast doorbell.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from store import bulk
+from store.db import is_postgres, transaction
+from store.models import Delivery, PendingChange, WebhookToken
+
+# A payload whose JSON holds a NUL character (``\u0000``) is journaled as base64 of that JSON:
+# PostgreSQL's json refuses the character, and what was acknowledged must be kept whole.
+WRAPPED = "json_b64"
+
+
+def delivery(inbox_id: int, provider: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """One accepted webhook payload, as the ingress hands it over."""
+    return {
+        "inbox_id": inbox_id,
+        "provider": provider,
+        "received_at": datetime.now(UTC).isoformat(),
+        "payload": payload,
+    }
+
+
+def storable(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` in a form any store keeps as it is (see ``WRAPPED``)."""
+    raw = orjson.dumps(payload)
+    if b"\\u0000" not in raw:
+        return payload
+    return {WRAPPED: base64.b64encode(raw).decode()}
+
+
+def unwrapped(payload: dict[str, Any]) -> dict[str, Any]:
+    if set(payload) == {WRAPPED}:
+        return orjson.loads(base64.b64decode(payload[WRAPPED]))  # type: ignore[no-any-return]
+    return payload
+
+
+def journal(deliveries: list[dict[str, Any]]) -> list[int | None]:
+    """Keep accepted deliveries durably in the store (one commit); the id of each, in order.
+
+    This is what makes a 2xx safe: the broker message that follows carries only these ids, and a
+    lost broker message is made good by ``sweep``. A delivery with a ``replay_key`` already seen
+    (a replayed request) is left out (its id is None), in the same transaction that remembers the
+    new keys."""
+    now = datetime.now(UTC)
+    with transaction() as session:
+        kept = _first_time(session, deliveries, now)
+        rows = [
+            {
+                "inbox_id": deliveries[i]["inbox_id"],
+                "provider": deliveries[i]["provider"],
+                "received_at": datetime.fromisoformat(deliveries[i]["received_at"]),
+                "enqueued_at": now,
+                "payload": storable(deliveries[i]["payload"]),
+            }
+            for i in kept
+        ]
+        made = bulk.insert_many(session, Delivery, rows, returning=("id",))
+    ids: list[int | None] = [None] * len(deliveries)
+    for i, row in zip(kept, made, strict=True):
+        ids[i] = row.id
+    return ids
+
+
+def _first_time(session: Session, deliveries: list[dict[str, Any]], now: datetime) -> list[int]:
+    """Indexes of the deliveries to journal: all but replays of a one-time token."""
+    if not any(d.get("replay_key") for d in deliveries):
+        return list(range(len(deliveries)))
+    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
+    kept = []
+    for i, d in enumerate(deliveries):  # few carry a key: only providers with one-time tokens
+        if d.get("replay_key"):
+            first = session.execute(
+                dialect_insert(WebhookToken)
+                .values(inbox_id=d["inbox_id"], token=d["replay_key"], seen_at=now)
+                .on_conflict_do_nothing()
+                .returning(WebhookToken.token)
+            ).first()
+            if first is None:
+                continue  # seen before (in this batch or within the window): a replay
+        kept.append(i)
+    return kept
+
+
+def forget_tokens(older_than_s: float) -> int:
+    """Drop one-time tokens older than the signature window: a request that old is refused
+    by its signature check anyway."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    with transaction() as session:
+        gone = session.scalars(
+            delete(WebhookToken).where(WebhookToken.seen_at < cutoff).returning(WebhookToken.token)
+        ).all()
+        return len(gone)
+
+
+def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
+    """Ids of deliveries enqueued more than ``older_than_s`` ago and still not stored.
+
+    They are marked enqueued now, so that each is handed out again at most once per period; the
+    caller publishes them. A second copy of a delivery that was only slow is harmless: the worker
+    that gets it second finds its row gone."""
+    now = datetime.now(UTC)
+    with transaction() as session:
+        ids = session.scalars(
+            select(Delivery.id)
+            .where(Delivery.enqueued_at < now - timedelta(seconds=older_than_s))
+            .order_by(Delivery.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if ids:
+            session.execute(
+                update(Delivery)
+                .where(bulk.among(session, Delivery.id, ids))
+                .values(enqueued_at=now)
+            )
+    return list(ids)
+
+
+def pend(change_id: str, account_id: int, queue: str, envelope: dict[str, Any]) -> bool:
+    """Record an API change as pending before it is published; False if it is pending already
+    (a retry with the same Idempotency-Key: nothing more is published)."""
+    with transaction() as session:
+        dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
+        made = session.execute(
+            dialect_insert(PendingChange)
+            .values(
+                id=change_id,
+                account_id=account_id,
+                queue=queue,
+                envelope=envelope,
+                enqueued_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing()
+            .returning(PendingChange.id)
+        ).first()
+    return made is not None
+
+
+def sweep_changes(older_than_s: float, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
+    """(queue, envelope) of the pending changes enqueued more than ``older_than_s`` ago, marked
+    enqueued now; the caller publishes them again (a second copy is a no-op: changes have ids)."""
+    now = datetime.now(UTC)
+    with transaction() as session:
+        rows = session.execute(
+            select(PendingChange.id, PendingChange.queue, PendingChange.envelope)
+            .where(PendingChange.enqueued_at < now - timedelta(seconds=older_than_s))
+            .order_by(PendingChange.enqueued_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        if rows:
+            session.execute(
+                update(PendingChange)
+                .where(PendingChange.id.in_([r.id for r in rows]))
+                .values(enqueued_at=now)
+            )
+    return [(r.queue, r.envelope) for r in rows]

@@ -1,0 +1,150 @@
+"""Threading as a graph: which conversation each message of a batch belongs to. Pure: the store
+locks and loads what these functions read (handlers/ingest.py), and writes what they decide.
+
+A message names **thread ids**: its own id and the ids it answers (email: its Message-ID, its
+In-Reply-To and References, all as ``mid:<id>``), or the thread key its channel gives (a chat,
+an order number; ``sender:<address>`` when there is none). The store records every id against a
+conversation (``threads``), so a message joins the conversation of **any** id it shares with
+one, whichever arrives first: a reply stored before its parent is found by the parent, because
+the reply recorded the parent's id when it was stored. Within a batch, messages that share an id
+are one group (union-find), however they chain.
+
+When a group names one live conversation, its messages go there; none, a new one starts (a
+trashed or deleted conversation is not live: a message that threads to it starts a new one, and
+its ids move on to that). When it names **several** (a message shows two conversations to be one
+thread: its parent arrived after its own answer had started a conversation of its own), they are
+**merged** (rule M2) into the one with a ticket, or else into the oldest: the others' messages
+move there and each answers ``merged_into``. A conversation with a ticket never leaves it (T2),
+so when two or more of them have tickets, those are not merged but **linked**: the message joins
+the oldest ticketed one and lists the others (``also_in``); conversations without a ticket are
+still merged in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from schemas.inbound import InboundMessage
+
+Key = tuple[int, str]  # (inbox id, thread id)
+MessageKey = tuple[int, str]  # (inbox id, external id)
+
+
+def ref_key(message_id: str) -> str:
+    """The thread id (and the ``external_id``) of a mail with this Message-ID."""
+    return f"mid:{message_id}"
+
+
+def thread_ids(m: InboundMessage) -> list[str]:
+    """Every thread id ``m`` names, each once, its own first."""
+    ids = [m.effective_thread_key, *(ref_key(r)[:500] for r in m.thread_refs)]
+    return list(dict.fromkeys(ids))
+
+
+@dataclass(frozen=True)
+class Conv:
+    """What placing a message needs to know of a conversation it names."""
+
+    id: int
+    live: bool
+    ticket_id: int | None = None
+    merged_into: int | None = None
+
+
+@dataclass
+class Group:
+    """Messages of a batch that share thread ids, directly or through each other."""
+
+    keys: set[Key] = field(default_factory=set)
+    messages: list[InboundMessage] = field(default_factory=list)
+    # Conversations its ids point to, its reply tokens name, or its stored copies are in.
+    named: set[int] = field(default_factory=set)
+    fresh: bool = False  # holds a message not stored before
+
+
+@dataclass(frozen=True)
+class Placement:
+    conversation_id: int | None  # None: a new conversation
+    absorbed: tuple[int, ...] = ()  # merged into it (M2)
+    linked: tuple[int, ...] = ()  # named too, but with tickets of their own: left apart
+
+
+def groups(
+    messages: Iterable[InboundMessage],
+    ids_of: dict[MessageKey, list[str]],
+    links: dict[Key, int | None],
+    named_by_message: dict[MessageKey, set[int]],
+    stored: set[MessageKey],
+) -> list[Group]:
+    """Partition ``messages`` by shared thread ids (union-find over the ids)."""
+    parent: dict[Key, Key] = {}
+
+    def root(k: Key) -> Key:
+        while parent.setdefault(k, k) != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    msgs = list(messages)
+    for m in msgs:
+        keys = [(m.inbox_id, t) for t in ids_of[(m.inbox_id, m.external_id)]]
+        for k in keys[1:]:
+            parent[root(k)] = root(keys[0])
+        root(keys[0])
+    by_root: dict[Key, Group] = {}
+    for m in msgs:
+        own = (m.inbox_id, m.external_id)
+        keys = {(m.inbox_id, t) for t in ids_of[own]}
+        group = by_root.setdefault(root(next(iter(keys))), Group())
+        group.keys |= keys
+        group.messages.append(m)
+        group.named |= named_by_message.get(own, set())
+        group.fresh = group.fresh or own not in stored
+    for group in by_root.values():
+        group.named |= {c for k in group.keys if (c := links.get(k)) is not None}
+    return list(by_root.values())
+
+
+def resolve(conversation_id: int, convs: dict[int, Conv]) -> int | None:
+    """The live conversation ``conversation_id`` is, or was merged into; None if removed."""
+    seen: set[int] = set()
+    current: int | None = conversation_id
+    while current is not None and current not in seen:
+        seen.add(current)
+        conv = convs[current]
+        if conv.live:
+            return current
+        current = conv.merged_into
+    return None
+
+
+def place(group: Group, convs: dict[int, Conv]) -> Placement:
+    """Where the group's messages go (see the module's docstring)."""
+    live = sorted({r for c in group.named if (r := resolve(c, convs)) is not None})
+    if not live:
+        return Placement(None)
+    if len(live) == 1 or not group.fresh:  # copies seen before never merge anything
+        return Placement(live[0])
+    ticketed = [c for c in live if convs[c].ticket_id is not None]
+    survivor = ticketed[0] if ticketed else live[0]
+    absorbed = tuple(c for c in live if convs[c].ticket_id is None and c != survivor)
+    return Placement(survivor, absorbed, tuple(ticketed[1:]))
+
+
+def repointed(
+    group: Group, placement: Placement, links: dict[Key, int | None], convs: dict[int, Conv]
+) -> dict[Key, int]:
+    """The group's ids that must point to ``placement.conversation_id`` now: new ones, and those
+    of a removed or absorbed conversation. Ids of a linked conversation keep pointing to it."""
+    target = placement.conversation_id
+    assert target is not None
+    moved = {*placement.absorbed, target}
+    out = {}
+    for key in group.keys:
+        current = links.get(key)
+        if current == target:
+            continue
+        if current is None or resolve(current, convs) in (None, *moved):
+            out[key] = target
+    return out
