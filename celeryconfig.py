@@ -23,6 +23,7 @@ task_acks_on_failure = True
 task_acks_on_timeout = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
+broker_transport_options: dict[str, object]
 if _settings.is_embedded_broker:
     # workers/embedded_broker.py: a message a dead worker had claimed comes back after this.
     broker_transport_options = {"visibility_timeout": _settings.embedded_visibility_timeout_s}

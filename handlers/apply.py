@@ -288,7 +288,9 @@ def _record(
         ticket_id = session.scalar(
             select(Conversation.ticket_id).where(Conversation.id == conversation_id)
         )
-    outcome = "rejected" if refusal else ("superseded" if folded.superseded else "applied")
+    outcome: c.Outcome = (
+        "rejected" if refusal else ("superseded" if folded.superseded else "applied")
+    )
     result = c.ChangeResult(
         change_id=env.id,
         outcome=outcome,

@@ -218,7 +218,9 @@ def _bury(ids: list[int], task_id: str | None) -> Counts:
         return {"stored": 0, "duplicate": 0, "dead": 0, "gone": len(ids)}
     with transaction() as session:
         rows = _claim(session, ids)
-        dead = {r.id: (_as_delivery(r), error) for r in rows}
+        dead: dict[int, tuple[dict[str, Any], BaseException]] = {
+            r.id: (_as_delivery(r), error) for r in rows
+        }
         deadletters.insert(session, INGEST_TASK, task_id, list(dead.values()))
         _record_outcomes(session, rows, [], [], dead)
         session.execute(

@@ -88,10 +88,10 @@ def groups(
 
     msgs = list(messages)
     for m in msgs:
-        keys = [(m.inbox_id, t) for t in ids_of[(m.inbox_id, m.external_id)]]
-        for k in keys[1:]:
-            parent[root(k)] = root(keys[0])
-        root(keys[0])
+        ordered = [(m.inbox_id, t) for t in ids_of[(m.inbox_id, m.external_id)]]
+        for k in ordered[1:]:
+            parent[root(k)] = root(ordered[0])
+        root(ordered[0])
     by_root: dict[Key, Group] = {}
     for m in msgs:
         own = (m.inbox_id, m.external_id)

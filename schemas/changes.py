@@ -137,13 +137,16 @@ class ChangeEnvelope(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+Outcome = Literal["applied", "rejected", "superseded"]
+
+
 class ChangeResult(BaseModel):
     """``applied``; ``rejected`` by a rule (``code`` = rule:status); or ``superseded``: applied
     in its place in history, but a later event (named in ``superseded``) already set the same
     fields otherwise, so the case does not show it."""
 
     change_id: str
-    outcome: Literal["applied", "rejected", "superseded"]
+    outcome: Outcome
     duplicate: bool = False
     replayed: bool = False
     error: str | None = None

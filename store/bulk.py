@@ -193,8 +193,8 @@ def insert_many(
     if not returning:
         session.execute(stmt, rows)
         return []
-    stmt = stmt.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
-    return list(session.execute(stmt, rows).all())
+    returned = stmt.returning(*(table.c[c] for c in returning), sort_by_parameter_order=True)
+    return list(session.execute(returned, rows).all())
 
 
 def matching(
