@@ -158,8 +158,8 @@ def tickets(
             .where(Conversation.ticket_id.in_([t.id for t in rows]))
             .order_by(Conversation.id)
         )
-        for ticket_id, conv_id in pairs.tuples():
-            members[ticket_id or 0].append(conv_id)
+        for row in pairs:
+            members[row.ticket_id].append(row.id)
     return [
         TicketOut(
             id=t.id,
