@@ -133,7 +133,7 @@ async def submit(
             # retry that finds it pending publishes nothing more.
             if await run_in_threadpool(journal.pend, change_id, account_id, queue, envelope):
                 await run_in_threadpool(publish, envelope, queue)
-        found = await _wait(change_id, get_settings().api_wait_timeout_s)
+        found = await _wait(change_id, request.app.state.settings.api_wait_timeout_s)
     return await run_in_threadpool(_answer, change_id, *found)
 
 

@@ -73,6 +73,23 @@ def migrated() -> None:
     upgrade()
 
 
+@pytest.fixture(scope="module")
+def worker(migrated: None) -> Iterator[None]:
+    """A Celery worker in a thread of the test process, on the run's broker (module-wide)."""
+    from celery.contrib.testing.worker import start_worker
+
+    from workers.app import app
+
+    with start_worker(
+        app,
+        pool="solo",
+        perform_ping_check=False,
+        shutdown_timeout=30,
+        queues=["ingest", "inbox", "helpdesk", "bulk"],
+    ):
+        yield
+
+
 @pytest.fixture
 def db(migrated: None) -> Iterator[None]:
     """An empty, migrated store."""

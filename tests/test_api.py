@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.contrib.testing.worker import start_worker
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -21,20 +20,6 @@ from handlers import journal, pipeline
 from store.db import reading
 from store.models import DeadLetter, Delivery, Message
 from tests.apihelp import ADMIN, eventually, message, post_webhook, setup_account
-
-
-@pytest.fixture(scope="module")
-def worker(migrated: None) -> Iterator[None]:
-    from workers.app import app
-
-    with start_worker(
-        app,
-        pool="solo",
-        perform_ping_check=False,
-        shutdown_timeout=30,
-        queues=["ingest", "inbox", "helpdesk", "bulk"],
-    ):
-        yield
 
 
 @pytest.fixture
