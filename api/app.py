@@ -76,14 +76,19 @@ def sweep_once(settings: Settings) -> None:
     from api.changes import publish
 
     journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
-    while ids := journal.sweep(settings.sweep_after_s):
+    page = 1000  # a full page means there may be more; a short one ends the pass
+    while ids := journal.sweep(settings.sweep_after_s, limit=page):
         for start in range(0, len(ids), settings.ingest_batch_max):
             publish_ids(ids[start : start + settings.ingest_batch_max])
         log.warning("re-enqueued %d deliveries whose broker message was lost", len(ids))
-    while lost := journal.sweep_changes(settings.sweep_after_s):
+        if len(ids) < page:
+            break
+    while lost := journal.sweep_changes(settings.sweep_after_s, limit=page):
         for queue, envelope in lost:
             publish(envelope, queue)
         log.warning("re-enqueued %d changes whose broker message was lost", len(lost))
+        if len(lost) < page:
+            break
     if due := outbound_replies.sweep():
         publish_replies(due)
 
