@@ -114,7 +114,7 @@ def message(m: Message, reply_id: int | None = None, delivery: str | None = None
         message_id=mail.get("message_id"),
         direction=m.direction,  # type: ignore[arg-type]
         sender=m.sender,
-        from_=mail.get("from"),
+        from_=mail.get("from") or mail.get("from_"),  # parsed mail keeps "from_"
         to=mail.get("to") or [],
         cc=mail.get("cc") or [],
         reply_to=mail.get("reply_to") or [],
