@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # Ingress: deliveries are grouped into one broker message per batch (see api/batcher.py).
     ingest_batch_max: int = 200
     ingest_batch_window_ms: float = 5.0
+    # A worker stores the ingest messages queued up behind its own, up to this many deliveries,
+    # in one transaction (workers/coalesce.py).
+    ingest_transaction_max: int = 500
     # Journaled deliveries not stored this long after their enqueue are enqueued again (their
     # broker message was lost); the ingress checks every sweep_interval_s.
     sweep_after_s: float = 120.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from api import views
 from api.auth import Caller
@@ -48,7 +48,8 @@ def find_messages(
     if message_id is not None:
         where.append(Message.external_id == ref_key(message_id.strip().strip("<>")))
     if provider_id is not None:
-        where.append(Message.provider_id == provider_id)
+        # A message without a provider id of its own is known by its external id.
+        where.append(or_(Message.provider_id == provider_id, Message.external_id == provider_id))
     if external_id is not None:
         where.append(Message.external_id == external_id)
     if not where:

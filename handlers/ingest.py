@@ -122,7 +122,7 @@ def _lock_named(
     convs: dict[int, Conv] = {}
     loaded: cases.LoadedCase | None = None
     while missing := wanted - convs.keys():
-        more = cases.lock_case(session, conversation_ids=missing)
+        more = cases.lock_case(session, conversation_ids=missing, snapshot=False)
         loaded = more if loaded is None else cases.combined(loaded, more)
         for cid, state in more.case.conversations.items():
             convs[cid] = Conv(

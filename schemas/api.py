@@ -106,7 +106,9 @@ class MessageOut(BaseModel):
     conversation_id: int
     inbox_id: int
     external_id: str = Field(description="Our key of it: `mid:<Message-ID>` for mail.")
-    provider_id: str | None = Field(description="The provider's own id of it, if any.")
+    provider_id: str | None = Field(
+        description="The provider's own id of it, when it has one apart from external_id."
+    )
     message_id: str | None = Field(description="Its RFC 5322 Message-ID (mail only).")
     direction: Literal["inbound", "outbound"]
     sender: str

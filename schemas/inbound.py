@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -52,10 +53,14 @@ class GenericWebhook(BaseModel):
     sent_at: AwareDatetime
 
 
-class IngestOutcome(BaseModel):
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What storing one inbound message did (internal: a plain dataclass, built per message on
+    the hot path)."""
+
     inbox_id: int
     external_id: str
     message_id: int | None
     conversation_id: int | None
     duplicate: bool = False
-    effects: list[dict[str, Any]] = Field(default_factory=list)
+    effects: list[dict[str, Any]] = field(default_factory=list)

@@ -7,13 +7,21 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from settings import get_settings
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # JSON columns (payloads, headers) through orjson: several times faster than the stdlib.
+    kwargs.setdefault("json_serializer", _dumps)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)

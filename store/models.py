@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from store.types import UTCDateTime
@@ -247,7 +248,15 @@ class Message(Base):
     automatic: Mapped[bool] = mapped_column(default=False, server_default=false())
     __table_args__ = (
         UniqueConstraint("inbox_id", "external_id"),
-        Index("ix_messages_inbox_provider_id", "inbox_id", "provider_id"),
+        # Only mail has a provider id apart from its external id: a partial index keeps the
+        # other messages out of it.
+        Index(
+            "ix_messages_inbox_provider_id",
+            "inbox_id",
+            "provider_id",
+            postgresql_where=sql_text("provider_id IS NOT NULL"),
+            sqlite_where=sql_text("provider_id IS NOT NULL"),
+        ),
     )
 
 

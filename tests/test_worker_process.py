@@ -65,19 +65,22 @@ def test_worker_process_end_to_end(client: TestClient) -> None:
     assert stored_messages() == 200
 
 
+SMALL = {"INBOXSYNC_INGEST_TRANSACTION_MAX": "5"}  # many small transactions: one is cut
+
+
 def test_killed_worker_loses_and_doubles_nothing(client: TestClient) -> None:
     acct = setup_account(client)
     client.app.state.batcher._max_items = 5  # type: ignore[attr-defined]  # many small tasks
     ids = [f"m-{i}" for i in range(300)]
     post_many(client, acct["inbox"], ids)
-    first = start_worker("--pool", "solo")  # small transactions (5): killed mid-way
+    first = start_worker("--pool", "solo", extra_env=SMALL)  # killed mid-way
     try:
         eventually(lambda: stored_messages() > 0, timeout=60)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert stored_messages() < 300, "the first worker finished everything before the kill"
-    second = start_worker("--pool", "solo")
+    second = start_worker("--pool", "solo", extra_env=SMALL)
     try:
         eventually(lambda: stored_messages() == 300, timeout=60)
     finally:
@@ -85,3 +88,53 @@ def test_killed_worker_loses_and_doubles_nothing(client: TestClient) -> None:
     with reading() as session:
         rows = session.scalars(select(Message.external_id)).all()
     assert sorted(rows) == sorted(ids)
+
+
+def queued_batches(client: TestClient, inbox: int, batches: int, size: int) -> list[int]:
+    """``batches`` ingest messages of ``size`` journaled deliveries each, on the broker."""
+    from api.app import publish_ids
+    from handlers import journal
+
+    ids = []
+    for b in range(batches):
+        payloads = [message(f"b{b}-{i}", thread=f"t{b}-{i}") for i in range(size)]
+        made = journal.journal([journal.delivery(inbox, "generic", p) for p in payloads])
+        publish_ids([i for i in made if i is not None])
+        ids += [i for i in made if i is not None]
+    return ids
+
+
+def transactions_of(ids: list[int]) -> int:
+    """How many transactions stored these deliveries (one processed_at per transaction)."""
+    from store.models import DeliveryOutcome
+
+    with reading() as session:
+        stamps = session.scalars(
+            select(DeliveryOutcome.processed_at).where(DeliveryOutcome.id.in_(ids))
+        ).all()
+    assert len(stamps) == len(ids)
+    return len(set(stamps))
+
+
+@pytest.mark.parametrize(("limit", "most"), [(4, None), (500, 1)])
+def test_a_worker_stores_what_queued_up_in_one_transaction_up_to_the_setting(
+    client: TestClient, limit: int, most: int | None
+) -> None:
+    """INBOXSYNC_INGEST_TRANSACTION_MAX reaches the worker: five queued messages of two
+    deliveries each are one transaction under 500, at least three under 4; and every message
+    is consumed, none left behind to find its work done."""
+    from workers.app import app
+
+    acct = setup_account(client)
+    ids = queued_batches(client, acct["inbox"], batches=5, size=2)
+    worker = start_worker(
+        "--pool", "solo", extra_env={"INBOXSYNC_INGEST_TRANSACTION_MAX": str(limit)}
+    )
+    try:
+        eventually(lambda: stored_messages() == 10, timeout=60)
+    finally:
+        stop(worker)
+    count = transactions_of(ids)
+    assert count == most if most is not None else count >= 3
+    with app.connection_for_write() as conn:
+        assert conn.default_channel.queue_declare(queue="ingest").message_count == 0

@@ -20,5 +20,8 @@ app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
 @worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
-    # A forked pool process must not share the parent's database connections.
+    # A forked pool process must not share the parent's database or broker connections.
     reset_engine()
+    from workers import coalesce
+
+    coalesce.forget()

@@ -19,6 +19,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from handlers import deadletters, pipeline
 from handlers.outbound import replies
 from settings import get_settings
+from workers import coalesce
 from workers.app import app
 
 TRANSIENT = (*pipeline.TRANSIENT_DB_ERRORS, BrokerOperationalError, ConnectionError)
@@ -49,7 +50,16 @@ class InboxsyncTask(Task):  # type: ignore[misc]
 
 @app.task(name=pipeline.INGEST_TASK, base=InboxsyncTask, bind=True)
 def ingest_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
-    return pipeline.process_deliveries(delivery_ids, task_id=self.request.id)
+    # What else has queued up goes in the same transaction (workers/coalesce.py).
+    limit = get_settings().ingest_transaction_max
+    more = coalesce.take_more(self.app, "ingest", len(delivery_ids), limit)
+    try:
+        counts = pipeline.process_deliveries(delivery_ids + more.ids, task_id=self.request.id)
+    except BaseException:
+        more.settle(done=False)
+        raise
+    more.settle(done=True)
+    return counts
 
 
 @app.task(name=pipeline.APPLY_TASK, base=InboxsyncTask, bind=True)

@@ -85,7 +85,6 @@ class GenericAdapter:
             InboundMessage(
                 inbox_id=inbox_id,
                 external_id=body.external_id,
-                provider_id=body.external_id,
                 sender=body.sender,
                 thread_key=body.thread_key,
                 text=body.text,

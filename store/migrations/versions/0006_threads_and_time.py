@@ -49,7 +49,12 @@ def upgrade() -> None:
     op.execute("UPDATE messages SET stored_at = received_at")
     with op.batch_alter_table("messages") as batch:
         batch.alter_column("stored_at", existing_type=sa.DateTime(timezone=True), nullable=False)
-        batch.create_index("ix_messages_inbox_provider_id", ["inbox_id", "provider_id"])
+        batch.create_index(
+            "ix_messages_inbox_provider_id",
+            ["inbox_id", "provider_id"],
+            postgresql_where=sa.text("provider_id IS NOT NULL"),
+            sqlite_where=sa.text("provider_id IS NOT NULL"),
+        )
     op.create_table(
         "delivery_outcomes",
         sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False),
