@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     sns_max_age_s: int = 3600
     max_body_bytes: int = 25 * 1024 * 1024
 
+    # Hostile input at the HTTP edge (README: Ingestion, "Hostile input"). Bodies of every route
+    # but the webhook (which has max_body_bytes), refused with 413 before they are read or the
+    # caller is authenticated.
+    max_api_body_bytes: int = 1024 * 1024
+    # Form posts (Mailgun, SendGrid): parts per request, and header lines (of the form's parts
+    # together, and of the mail's header block a form field carries), refused with 413 before
+    # the form is parsed. Mailgun's signature fields must be among the first max_form_parts.
+    max_form_parts: int = 500
+    max_header_lines: int = 5000
+
     # Ingress: deliveries are grouped into one broker message per batch (see api/batcher.py).
     ingest_batch_max: int = 200
     ingest_batch_window_ms: float = 5.0
@@ -79,6 +89,11 @@ class Settings(BaseSettings):
     outbound_lease_s: float = 300.0
     # A due reply still queued this long (its task was lost) is enqueued again by the sweeper.
     outbound_sweep_grace_s: float = 30.0
+    # Account tokens choose where an inbox's replies go (api_url, SMTP host) and workers take the
+    # inbox's credentials there: loopback, private, link-local (cloud metadata), CGNAT, reserved
+    # and multicast addresses are refused unless this is on (handlers/netguard.py). On for tests
+    # and the demo, whose providers are stand-ins on loopback.
+    outbound_allow_private: bool = False
 
     # Workers.
     task_max_retries: int = 8

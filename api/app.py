@@ -18,6 +18,7 @@ from api import (
     contacts,
     deliveries,
     errors,
+    limits,
     messages,
     replies,
     resources,
@@ -126,6 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
+    # Outermost, so that they refuse before routing, body parsing and authentication.
+    app.add_middleware(limits.NoNul)
+    app.add_middleware(limits.BodyLimit, settings=settings)
     app.include_router(webhooks.router)
     app.include_router(resources.router)
     app.include_router(cases.router)

@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from handlers import admin
 from handlers.channels.base import WebhookError
 from handlers.outbound.compose import ComposeError
 from handlers.outbound.replies import ReplyNotFound, ReplyRefused
@@ -29,6 +30,21 @@ class JSON(Response):
     def render(self, content: Any) -> bytes:
         # UTC as "Z", like the models' timestamps (schemas/timestamps.py).
         return orjson.dumps(content, option=orjson.OPT_UTC_Z)
+
+
+async def send_json(
+    send: Any, status: int, content: Any, headers: dict[str, str] | None = None
+) -> None:
+    """Answer with a JSON body at the ASGI level, as ``JSON`` would: for what answers before the
+    app (the webhook fast path, api/webhooks.py; the edge limits, api/limits.py)."""
+    payload = orjson.dumps(content, option=orjson.OPT_UTC_Z)
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 class ApiError(Exception):
@@ -71,12 +87,26 @@ def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         return status, body(exc.code, str(exc)), {}
     if isinstance(exc, ComposeError):
         return 422, body("invalid_request", str(exc)), {}
+    # Admin writes (handlers/admin.py), shared with the CLI.
+    if isinstance(exc, admin.NotFound):
+        return 404, body("not_found", str(exc)), {}
+    if isinstance(exc, admin.Invalid):
+        return 422, body("invalid_request", str(exc)), {}
+    if isinstance(exc, sa_exc.DataError):
+        # The last line behind the schemas' checks (schemas/api.py json_safe, schemas/types.py
+        # Id): a value the store refuses (NUL in text, a number out of range) is the caller's.
+        # The code, not the text: PostgreSQL's message quotes the refused value (customer data).
+        sqlstate = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
+        log.warning("the store refused a value of the request (%s)", sqlstate)
+        return 422, body("invalid_request", "a value of this request cannot be stored"), {}
     if isinstance(exc, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
         log.warning("queue or store unavailable: %s", exc)
         message = "the queue or the store is unavailable; nothing was accepted, retry"
         return 503, body("unavailable", message), {"Retry-After": "5"}
     if isinstance(exc, StarletteHTTPException):
-        error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return exc.status_code, body(error, str(exc.detail)), {}
     log.exception("unexpected error", exc_info=exc)
     message = f"{type(exc).__name__}; nothing was changed by this request"
@@ -95,7 +125,9 @@ def install(app: FastAPI) -> None:
         ReplyNotFound,
         ReplyRefused,
         ComposeError,
+        admin.AdminError,
         BrokerError,
+        sa_exc.DataError,
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
         StarletteHTTPException,

@@ -1,4 +1,5 @@
-"""Accounts, tokens, inboxes and owners: plain rows written by the API itself.
+"""Accounts, tokens, inboxes and owners: plain rows written by the API itself, through the
+validated admin writes the CLI uses too (handlers/admin.py); its errors map in api/errors.py.
 
 ``Idempotency-Key`` on these writes: the first answer is stored with the row, in the same
 transaction, and returned to every retry with that key; the same key with another body is 422.
@@ -18,9 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth import Admin, Caller, new_token
-from api.errors import JSON, ApiError, not_found
-from handlers import routing
-from handlers.channels import REGISTRY
+from api.errors import JSON, ApiError
+from handlers import admin, routing
 from schemas.api import (
     AccountIn,
     AccountOut,
@@ -35,7 +35,7 @@ from schemas.outbound import OutboundConfig
 from schemas.types import Id
 from settings import get_settings
 from store.db import reading, transaction
-from store.models import Account, ApiToken, IdempotentResponse, Inbox, Owner
+from store.models import Account, IdempotentResponse, Inbox, Owner
 
 router = APIRouter()
 IdempotencyKey = Annotated[str | None, Header(max_length=200)]
@@ -109,15 +109,14 @@ def account_out(account: Account) -> dict[str, Any]:
 
 @router.post("/accounts", status_code=201, response_model=AccountOut, tags=["admin"])
 def create_account(body: AccountIn, _: Admin, idempotency_key: IdempotencyKey = None) -> Any:
-    def write(session: Session) -> dict[str, Any]:
-        account = Account(
-            name=body.name, tier=body.tier, created_at=body.created_at or datetime.now(UTC)
-        )
-        session.add(account)
-        session.flush()
-        return account_out(account)
-
-    return idempotent("accounts", idempotency_key, body.model_dump(mode="json"), 201, write)
+    write = admin.create_account(body)
+    return idempotent(
+        "accounts",
+        idempotency_key,
+        body.model_dump(mode="json"),
+        201,
+        lambda session: account_out(write(session)),
+    )
 
 
 @router.get("/accounts", response_model=list[AccountOut], tags=["admin"])
@@ -145,14 +144,8 @@ def create_token(
     account_id: Id, body: TokenIn, _: Admin, idempotency_key: IdempotencyKey = None
 ) -> Any:
     def write(session: Session) -> dict[str, Any]:
-        if session.get(Account, account_id) is None:
-            raise not_found("account", account_id)
         token, digest = new_token()
-        row = ApiToken(
-            account_id=account_id, name=body.name, token_sha256=digest, created_at=datetime.now(UTC)
-        )
-        session.add(row)
-        session.flush()
+        row = admin.create_token(account_id, body, digest)(session)
         return TokenOut(id=row.id, account_id=account_id, name=row.name, token=token).model_dump()
 
     scope = f"tokens:{account_id}"
@@ -175,41 +168,24 @@ def inbox_out(inbox: Inbox) -> dict[str, Any]:
 @router.post("/inboxes", status_code=201, response_model=InboxOut, tags=["inboxes"])
 def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = None) -> Any:
     account_id = who.account_for_create(body.account_id)
-    if body.provider not in REGISTRY:
-        raise ApiError(
-            422, "invalid_request", f"unknown provider {body.provider!r}; known: {sorted(REGISTRY)}"
-        )
-
-    def write(session: Session) -> dict[str, Any]:
-        if session.get(Account, account_id) is None:
-            raise not_found("account", account_id)
-        inbox = Inbox(
-            account_id=account_id,
-            name=body.name,
-            channel=body.channel,
-            provider=body.provider,
-            secrets=body.secrets,
-            outbound=body.outbound.model_dump(by_alias=True) if body.outbound else None,
-        )
-        session.add(inbox)
-        session.flush()
-        return inbox_out(inbox)
-
+    write = admin.create_inbox(account_id, body)
     scope = f"inboxes:{account_id}"
-    return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+    return idempotent(
+        scope,
+        idempotency_key,
+        body.model_dump(mode="json"),
+        201,
+        lambda session: inbox_out(write(session)),
+    )
 
 
 @router.put("/inboxes/{inbox_id}/outbound", response_model=InboxOut, tags=["inboxes"])
 def set_inbox_outbound(inbox_id: Id, body: OutboundBody, who: Caller) -> Any:
     """Set how the inbox's replies go out (provider and credentials); replaces the old setting.
     Replies already queued use the new setting from their next attempt."""
+    write = admin.set_outbound(inbox_id, body, account_id=who.account_id)
     with transaction() as session:
-        inbox = session.get(Inbox, inbox_id)
-        who.require("inbox", inbox_id, None if inbox is None else inbox.account_id)
-        assert inbox is not None
-        inbox.outbound = body.model_dump(by_alias=True)
-        session.flush()
-        return inbox_out(inbox)
+        return inbox_out(write(session))
 
 
 @router.get("/inboxes", response_model=list[InboxOut], tags=["inboxes"])
@@ -230,17 +206,15 @@ def owner_out(owner: Owner) -> dict[str, Any]:
 @router.post("/owners", status_code=201, response_model=OwnerOut, tags=["owners"])
 def create_owner(body: OwnerIn, who: Caller, idempotency_key: IdempotencyKey = None) -> Any:
     account_id = who.account_for_create(body.account_id)
-
-    def write(session: Session) -> dict[str, Any]:
-        if session.get(Account, account_id) is None:
-            raise not_found("account", account_id)
-        owner = Owner(account_id=account_id, name=body.name, email=body.email)
-        session.add(owner)
-        session.flush()
-        return owner_out(owner)
-
+    write = admin.create_owner(account_id, body)
     scope = f"owners:{account_id}"
-    return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+    return idempotent(
+        scope,
+        idempotency_key,
+        body.model_dump(mode="json"),
+        201,
+        lambda session: owner_out(write(session)),
+    )
 
 
 @router.get("/owners", response_model=list[OwnerOut], tags=["owners"])

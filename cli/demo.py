@@ -72,6 +72,9 @@ def _wait_until(what: str, check: Any, timeout: float = 60.0) -> Any:
 def run(*, keep: bool = False) -> int:
     settings = get_settings()
     env = dict(os.environ)
+    # The demo's "Postmark" is a stand-in on loopback, an address workers otherwise refuse to
+    # take an inbox's credentials to (handlers/netguard.py).
+    env["INBOXSYNC_OUTBOUND_ALLOW_PRIVATE"] = "true"
     embedded = settings.database_url is None and settings.celery_broker_url is None
     if embedded:
         data_dir = settings.data_dir.resolve() / "demo"

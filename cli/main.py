@@ -1,13 +1,22 @@
-"""The ``inboxsync`` command: run the service, the workers, the migrations, the demo; admin."""
+"""The ``inboxsync`` command: run the service, the workers, the migrations, the demo; admin.
+
+Admin commands go through the same validated writes as the API (handlers/admin.py): what the
+API refuses, they refuse, with one line on stderr and exit code 2, and nothing written.
+"""
 
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from handlers.admin import Write
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -72,17 +81,14 @@ def create_account(
     created_at: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
 ) -> None:
     """Create an account; prints its id."""
-    from store.db import transaction
-    from store.models import Account
+    from handlers import admin
+    from schemas.api import AccountIn
 
-    when = datetime.fromisoformat(created_at) if created_at else datetime.now(UTC)
-    if when.tzinfo is None:
-        raise typer.BadParameter("created_at needs a timezone, e.g. 2024-05-01T00:00:00+00:00")
-    with transaction() as session:
-        account = Account(name=name, tier=tier, created_at=when)
-        session.add(account)
-        session.flush()
-        typer.echo(account.id)
+    raw = {"name": name, "tier": tier, "created_at": created_at}
+    account = _commit(
+        lambda: admin.create_account(admin.parse(AccountIn.model_validate, raw, "account"))
+    )
+    typer.echo(account.id)
 
 
 @app.command("create-inbox")
@@ -94,17 +100,20 @@ def create_inbox(
     secret: Annotated[list[str] | None, typer.Option(help="key=value, repeatable")] = None,
 ) -> None:
     """Create an inbox; prints its id and webhook path."""
-    from store.db import transaction
-    from store.models import Inbox
+    from handlers import admin
+    from schemas.api import InboxIn
 
-    secrets = dict(s.split("=", 1) for s in secret or [])
-    with transaction() as session:
-        inbox = Inbox(
-            account_id=account_id, name=name, channel=channel, provider=provider, secrets=secrets
-        )
-        session.add(inbox)
-        session.flush()
-        typer.echo(f"{inbox.id} /webhooks/{inbox.id}")
+    def prepare() -> Write[Any]:
+        raw = {
+            "name": name,
+            "channel": channel,
+            "provider": provider,
+            "secrets": _pairs("--secret", secret),
+        }
+        return admin.create_inbox(account_id, admin.parse(InboxIn.model_validate, raw, "inbox"))
+
+    inbox = _commit(prepare)
+    typer.echo(f"{inbox.id} /webhooks/{inbox.id}")
 
 
 @app.command()
@@ -137,6 +146,7 @@ def ingest(
                 headers={"content-type": content_type},
                 query={},
                 body=path.read_bytes(),
+                inbox_id=inbox,
             )
             try:
                 accepted = adapter.accept(request)
@@ -167,22 +177,14 @@ def set_outbound(
     ] = None,
 ) -> None:
     """Set how an inbox's replies go out (see README, Replies)."""
-    from pydantic import ValidationError
+    from handlers import admin
 
-    from handlers.outbound.replies import CONFIG
-    from store.db import transaction
-    from store.models import Inbox
+    def prepare() -> Write[Any]:
+        raw = {"via": via, "from": sender, **_pairs("--setting", setting)}
+        config = admin.parse(admin.OUTBOUND.validate_python, raw, "outbound setting")
+        return admin.set_outbound(inbox_id, config, account_id=None)
 
-    raw = {"via": via, "from": sender, **dict(s.split("=", 1) for s in setting or [])}
-    try:
-        config = CONFIG.validate_python(raw)
-    except ValidationError as exc:
-        _fail(f"invalid outbound setting: {exc}")
-    with transaction() as session:
-        inbox = session.get(Inbox, inbox_id)
-        if inbox is None:
-            _fail(f"inbox {inbox_id} not found")
-        inbox.outbound = config.model_dump(by_alias=True)
+    _commit(prepare)
     typer.echo(f"inbox {inbox_id} replies via {via} from {sender}")
 
 
@@ -266,33 +268,64 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+def _commit(prepare: Callable[[], Write[T]]) -> T:
+    """Run an admin write (handlers/admin.py) in its own transaction; a refusal is one line on
+    stderr and exit code 2, with nothing written."""
+    from sqlalchemy import exc as sa_exc
+
+    from handlers import admin
+    from store.db import transaction
+
+    try:
+        write = prepare()
+        with transaction() as session:
+            return write(session)
+    except admin.AdminError as exc:
+        _fail(str(exc))
+    except sa_exc.IntegrityError:  # a concurrent write won a race on a unique row
+        _fail("the write conflicts with existing data; nothing was written")
+
+
+def _pairs(option: str, given: list[str] | None) -> dict[str, str]:
+    """``key=value`` options as a dict (an admin.Invalid names the one without ``=``)."""
+    from handlers import admin
+
+    pairs: dict[str, str] = {}
+    for item in given or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise admin.Invalid(f"{option} takes key=value, got one without '=' or key")
+        pairs[key] = value
+    return pairs
+
+
 @app.command("create-owner")
 def create_owner(account_id: int, name: str, email: str | None = None) -> None:
     """Create an owner (agent); prints its id."""
-    from store.db import transaction
-    from store.models import Owner
+    from handlers import admin
+    from schemas.api import OwnerIn
 
-    with transaction() as session:
-        owner = Owner(account_id=account_id, name=name, email=email)
-        session.add(owner)
-        session.flush()
-        typer.echo(owner.id)
+    raw = {"name": name, "email": email}
+    owner = _commit(
+        lambda: admin.create_owner(account_id, admin.parse(OwnerIn.model_validate, raw, "owner"))
+    )
+    typer.echo(owner.id)
 
 
 @app.command("create-token")
 def create_token(account_id: int, name: str = "cli") -> None:
     """Create an API token for an account; prints it (only its digest is stored)."""
     from api.auth import new_token
-    from store.db import transaction
-    from store.models import ApiToken
+    from handlers import admin
+    from schemas.api import TokenIn
 
     token, digest = new_token()
-    with transaction() as session:
-        session.add(
-            ApiToken(
-                account_id=account_id, name=name, token_sha256=digest, created_at=datetime.now(UTC)
-            )
+    body = {"name": name}
+    _commit(
+        lambda: admin.create_token(
+            account_id, admin.parse(TokenIn.model_validate, body, "token"), digest
         )
+    )
     typer.echo(token)
 
 

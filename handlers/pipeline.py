@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from handlers import apply, deadletters, journal, routing
 from handlers.channels import adapter_for
-from handlers.channels.base import WebhookError
+from handlers.channels.base import WebhookError, describe
 from handlers.ingest import ingest
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
@@ -63,7 +63,8 @@ def normalize(d: dict[str, Any]) -> list[InboundMessage]:
     try:
         return adapter_for(provider).normalize(inbox_id, received_at, payload)
     except ValidationError as exc:
-        raise WebhookError(str(exc)) from None
+        # describe(): the fields and their problems, not the values (a customer's text).
+        raise WebhookError(describe(exc)) from None
 
 
 def ingest_deliveries(deliveries: list[dict[str, Any]], task_id: str | None) -> Counts:

@@ -23,7 +23,7 @@ still merged in.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from schemas.inbound import InboundMessage
 
@@ -52,15 +52,20 @@ class Conv:
     merged_into: int | None = None
 
 
-@dataclass
 class Group:
-    """Messages of a batch that share thread ids, directly or through each other."""
+    """Messages of a batch that share thread ids, directly or through each other.
 
-    keys: set[Key] = field(default_factory=set)
-    messages: list[InboundMessage] = field(default_factory=list)
-    # Conversations its ids point to, its reply tokens name, or its stored copies are in.
-    named: set[int] = field(default_factory=set)
-    fresh: bool = False  # holds a message not stored before
+    ``named``: the conversations its ids point to, its reply tokens name, or its stored copies
+    are in; ``fresh``: it holds a message not stored before. (A plain class: one is made per
+    thread of every batch, and a dataclass's field factories cost more than the rest.)"""
+
+    __slots__ = ("keys", "messages", "named", "fresh")
+
+    def __init__(self) -> None:
+        self.keys: set[Key] = set()
+        self.messages: list[InboundMessage] = []
+        self.named: set[int] = set()
+        self.fresh = False
 
 
 @dataclass(frozen=True)
@@ -86,21 +91,24 @@ def groups(
             k = parent[k]
         return k
 
-    msgs = list(messages)
-    for m in msgs:
-        ordered = [(m.inbox_id, t) for t in ids_of[(m.inbox_id, m.external_id)]]
-        for k in ordered[1:]:
-            parent[root(k)] = root(ordered[0])
-        root(ordered[0])
+    keyed = [(m, [(m.inbox_id, t) for t in ids_of[(m.inbox_id, m.external_id)]]) for m in messages]
+    for _, keys in keyed:
+        first = root(keys[0])
+        for k in keys[1:]:
+            parent[root(k)] = first
     by_root: dict[Key, Group] = {}
-    for m in msgs:
+    for m, keys in keyed:
         own = (m.inbox_id, m.external_id)
-        keys = {(m.inbox_id, t) for t in ids_of[own]}
-        group = by_root.setdefault(root(next(iter(keys))), Group())
-        group.keys |= keys
+        top = root(keys[0])
+        group = by_root.get(top)
+        if group is None:
+            group = by_root[top] = Group()
+        group.keys.update(keys)
         group.messages.append(m)
-        group.named |= named_by_message.get(own, set())
-        group.fresh = group.fresh or own not in stored
+        if own in named_by_message:
+            group.named |= named_by_message[own]
+        if own not in stored:
+            group.fresh = True
     for group in by_root.values():
         group.named |= {c for k in group.keys if (c := links.get(k)) is not None}
     return list(by_root.values())

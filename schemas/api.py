@@ -1,21 +1,103 @@
-"""Bodies of the HTTP API: what callers send and what they get back."""
+"""Bodies of the HTTP API: what callers send and what they get back.
+
+Every request body derives from ``_Body``: unknown fields are refused, and every value, however
+deeply nested in a free-form field (``secrets``, ``properties``), must be something the store and
+the JSON encoder can hold (``json_safe``); anything else is a 422 naming the field, not a 500.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.changes import Action, ConversationStatus, Location, TicketStatus
-from schemas.outbound import OutboundConfig, ReplyState
-from schemas.types import Timestamp
+from schemas.outbound import NUL_REFUSED, OutboundConfig, ReplyState
+from schemas.types import Id, Timestamp
 
 Tier = Literal["free", "starter", "professional", "enterprise"]
 Channel = Literal["email", "chat"]
 
+MAX_DEPTH = 32
+INT64 = range(-(2**63), 2**63)
+
+
+class _Refused(Exception):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem, self.path = problem, list[str | int]()
+
+
+def json_safe(value: Any) -> Any:
+    """``value``, if it holds nothing the store or the JSON encoder would fail on: NUL in a text
+    or a key (PostgreSQL), a lone surrogate (not Unicode: orjson and psycopg refuse it), an
+    integer outside 64 bits (orjson; bigint), NaN or Infinity (not JSON; jsonb refuses them), or
+    nesting deeper than ``MAX_DEPTH``. Else a ``ValueError`` that says what and where."""
+    try:
+        _check(value, 0)
+    except _Refused as refused:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in refused.path)
+        raise ValueError(
+            refused.problem + (f" (at {where.lstrip('.')})" if where else "")
+        ) from None
+    return value
+
+
+def _check(value: Any, depth: int) -> None:
+    if isinstance(value, str):
+        if problem := _text_problem(value):
+            raise _Refused(problem)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if value not in INT64:
+            raise _Refused("an integer outside the 64-bit range")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Refused("NaN or Infinity, which JSON does not have")
+    elif isinstance(value, dict | list | tuple | BaseModel):
+        if depth >= MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels")
+        for key, item in _items(value):
+            # A bad key is not named in the answer: it could not be written into it.
+            if isinstance(key, str) and (problem := _text_problem(key)):
+                raise _Refused(f"a key {problem}")
+            try:
+                _check(item, depth + 1)
+            except _Refused as refused:
+                refused.path.insert(0, key)
+                raise
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_REFUSED
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not Unicode text (it has a lone surrogate)"
+    return None
+
+
+def _items(
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...] | BaseModel,
+) -> Iterable[tuple[Any, Any]]:
+    if isinstance(value, dict):
+        return value.items()
+    if isinstance(value, BaseModel):
+        return iter(value)
+    return enumerate(value)
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _json_safe(cls, value: Any) -> Any:
+        return json_safe(value)
 
 
 class AccountIn(_Body):
@@ -46,7 +128,7 @@ class TokenOut(BaseModel):
 
 
 class InboxIn(_Body):
-    account_id: int | None = Field(default=None, description="Admin token only; else the token's.")
+    account_id: Id | None = Field(default=None, description="Admin token only; else the token's.")
     name: str = Field(min_length=1, max_length=200)
     channel: Channel
     provider: str = Field(min_length=1, max_length=40)
@@ -67,7 +149,7 @@ class InboxOut(BaseModel):
 
 
 class OwnerIn(_Body):
-    account_id: int | None = None
+    account_id: Id | None = None
     name: str = Field(min_length=1, max_length=200)
     email: str | None = Field(default=None, max_length=320)
 
@@ -201,18 +283,18 @@ class DeliveryOut(BaseModel):
 
 
 class CreateTicketIn(_Body):
-    owner_id: int | None = None
+    owner_id: Id | None = None
     status: TicketStatus = "new"
     priority: str | None = Field(default=None, max_length=20)
     properties: dict[str, Any] = Field(default_factory=dict)
 
 
 class AssociateIn(_Body):
-    conversation_id: int
+    conversation_id: Id
 
 
 class OwnerChangeIn(_Body):
-    owner_id: int | None
+    owner_id: Id | None
 
 
 class ConversationStatusIn(_Body):

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
+from schemas.types import Id
+
 TicketStatus = Literal["new", "waiting_on_contact", "waiting_on_us", "closed"]
 ConversationStatus = Literal["open", "closed"]
 Location = Literal["inbox", "help_desk"]
@@ -20,79 +22,79 @@ class _Change(BaseModel):
 
 class SetConversationOwner(_Change):
     kind: Literal["set_conversation_owner"] = "set_conversation_owner"
-    conversation_id: int
-    owner_id: int | None
+    conversation_id: Id
+    owner_id: Id | None
 
 
 class SetConversationStatus(_Change):
     kind: Literal["set_conversation_status"] = "set_conversation_status"
-    conversation_id: int
+    conversation_id: Id
     status: ConversationStatus
 
 
 class TrashConversation(_Change):
     kind: Literal["trash_conversation"] = "trash_conversation"
-    conversation_id: int
+    conversation_id: Id
 
 
 class CreateTicket(_Change):
     kind: Literal["create_ticket"] = "create_ticket"
-    conversation_id: int
-    owner_id: int | None = None
+    conversation_id: Id
+    owner_id: Id | None = None
     status: TicketStatus = "new"
     priority: str | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
     # Filled in by the store when the ticket row is allocated; R1/R2 decide location then.
-    ticket_id: int | None = None
+    ticket_id: Id | None = None
     location: Location | None = None
 
 
 class AssociateConversation(_Change):
     kind: Literal["associate_conversation"] = "associate_conversation"
-    ticket_id: int
-    conversation_id: int
+    ticket_id: Id
+    conversation_id: Id
 
 
 class DissociateConversation(_Change):
     """Exists so that asking has an answer: it is always refused (T2)."""
 
     kind: Literal["dissociate_conversation"] = "dissociate_conversation"
-    ticket_id: int
-    conversation_id: int
+    ticket_id: Id
+    conversation_id: Id
 
 
 class SetTicketOwner(_Change):
     kind: Literal["set_ticket_owner"] = "set_ticket_owner"
-    ticket_id: int
-    owner_id: int | None
+    ticket_id: Id
+    owner_id: Id | None
 
 
 class SetTicketStatus(_Change):
     kind: Literal["set_ticket_status"] = "set_ticket_status"
-    ticket_id: int
+    ticket_id: Id
     status: TicketStatus
 
 
 class DeleteTicket(_Change):
     kind: Literal["delete_ticket"] = "delete_ticket"
-    ticket_id: int
+    ticket_id: Id
 
 
 class RestoreConversation(_Change):
     kind: Literal["restore_conversation"] = "restore_conversation"
-    conversation_id: int
+    conversation_id: Id
 
 
 class RestoreTicket(_Change):
     kind: Literal["restore_ticket"] = "restore_ticket"
-    ticket_id: int
+    ticket_id: Id
 
 
 class MessageReceived(_Change):
     """An inbound message on a conversation; recorded as the message row, not in ``changes``."""
 
     kind: Literal["message_received"] = "message_received"
-    conversation_id: int
+    conversation_id: Id
 
 
 class MergeConversation(_Change):
@@ -100,8 +102,8 @@ class MergeConversation(_Change):
     moved there. Made by ingestion (handlers/threading.py), never by the API."""
 
     kind: Literal["merge_conversation"] = "merge_conversation"
-    conversation_id: int
-    into_id: int
+    conversation_id: Id
+    into_id: Id
 
 
 Action = Annotated[
@@ -129,7 +131,7 @@ class ChangeEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=200)
-    account_id: int
+    account_id: Id
     occurred_at: AwareDatetime
     action: Action
     request_sha256: str | None = None

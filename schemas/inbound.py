@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from schemas.types import Id
+
 
 class InboundMessage(BaseModel):
     """What the conversation upsert consumes, whatever the provider."""
@@ -45,7 +47,7 @@ class GenericWebhook(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    inbox: int | None = Field(default=None, description="Optional; must match the URL if given.")
+    inbox: Id | None = Field(default=None, description="Optional; must match the URL if given.")
     external_id: str = Field(min_length=1, max_length=500, description="Provider message id.")
     sender: str = Field(min_length=1, max_length=320)
     thread_key: str | None = Field(default=None, max_length=500)

@@ -2,22 +2,70 @@
 
 An inbox's ``outbound`` config names the provider (``via``) and its credentials; ``api_url`` points
 at the provider's API (change it for Mailgun's EU region, or a test's fake provider on loopback).
+Here only the shape of ``api_url`` and SMTP ``host`` is checked; which addresses workers may
+connect to is handlers/netguard.py's decision, at save time and again at connect time.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.email import Address
 from schemas.types import Timestamp
 
 ReplyState = Literal["queued", "sending", "sent", "failed"]
+NUL_REFUSED = "contains NUL (\\u0000), which no text may hold (PostgreSQL cannot store it)"
+
+
+def refuse_nul(value: Any) -> Any:
+    """A field validator for request bodies: a text, or a list of texts, with no NUL in it (a 422
+    naming the field, not a 500 from the store). schemas/api.py checks nested values too."""
+    texts = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(text, str) and "\x00" in text for text in texts):
+        raise ValueError(NUL_REFUSED)
+    return value
+
+
+def _api_url(value: str) -> str:
+    """An http(s) URL with a host and nothing that could make readers disagree on the host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL with a host, e.g. https://api.mailgun.net")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials (user@host): they go in their own fields")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or a fragment")
+    _ = parts.port  # raises ValueError for a port that is not a number in range
+    return value
+
+
+# A host name (IDNA allowed) or an IP address; no scheme, port, path or credentials.
+_HOST_NAME = re.compile(r"[^\s/:@?#\[\]]+")
+
+
+def _smtp_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        if not _HOST_NAME.fullmatch(value):
+            raise ValueError(
+                "must be a host name or an IP address, without scheme, port or path"
+            ) from None
+    return value
+
+
+ApiUrl = Annotated[str, AfterValidator(_api_url)]
+SmtpHost = Annotated[str, AfterValidator(_smtp_host)]
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _no_nul = field_validator("*")(refuse_nul)
 
     # The address replies come from: "Acme Support <support@acme.example>".
     from_: str = Field(alias="from", min_length=3, max_length=320)
@@ -29,25 +77,25 @@ class PostmarkOutbound(_Config):
     via: Literal["postmark"]
     server_token: str = Field(min_length=1)
     message_stream: str = "outbound"
-    api_url: str = "https://api.postmarkapp.com"
+    api_url: ApiUrl = "https://api.postmarkapp.com"
 
 
 class MailgunOutbound(_Config):
     via: Literal["mailgun"]
     api_key: str = Field(min_length=1)
     domain: str = Field(min_length=1)
-    api_url: str = "https://api.mailgun.net"
+    api_url: ApiUrl = "https://api.mailgun.net"
 
 
 class SendGridOutbound(_Config):
     via: Literal["sendgrid"]
     api_key: str = Field(min_length=1)
-    api_url: str = "https://api.sendgrid.com"
+    api_url: ApiUrl = "https://api.sendgrid.com"
 
 
 class SmtpOutbound(_Config):
     via: Literal["smtp"]
-    host: str = Field(min_length=1)
+    host: SmtpHost = Field(min_length=1, max_length=253)
     port: int = Field(default=587, ge=1, le=65535)
     # "starttls" upgrades a plain connection (port 587); "tls" is TLS from the start (465).
     security: Literal["starttls", "tls", "none"] = "starttls"
@@ -82,6 +130,7 @@ class OutboundMail(BaseModel):
 
 class ReplyIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    _no_nul = field_validator("*")(refuse_nul)
 
     text: str = Field(min_length=1, max_length=1_000_000)
     html: str | None = Field(default=None, max_length=5_000_000)

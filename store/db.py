@@ -19,6 +19,11 @@ def _dumps(value: Any) -> str:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` that never renders statement parameters into logs or exception
+    messages: they hold inboxes' signing secrets and outbound credentials, and journal rows with
+    customers' message text (a failed batch would otherwise put other customers' mail in a log
+    line). A caller cannot turn this off."""
+    kwargs["hide_parameters"] = True
     # JSON columns (payloads, headers) through orjson: several times faster than the stdlib.
     kwargs.setdefault("json_serializer", _dumps)
     kwargs.setdefault("json_deserializer", orjson.loads)

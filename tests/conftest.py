@@ -46,6 +46,8 @@ os.environ.setdefault("INBOXSYNC_API_WAIT_TIMEOUT_S", "20")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_RETRY_BASE_S", "0.2")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_LOOKUP_AFTER_S", "0")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_SWEEP_GRACE_S", "0")
+# The fake providers listen on loopback, which workers refuse by default (handlers/netguard.py).
+os.environ.setdefault("INBOXSYNC_OUTBOUND_ALLOW_PRIVATE", "true")
 
 USING_POSTGRES = os.environ["DATABASE_URL"].startswith("postgresql")
 USING_REDIS = os.environ["CELERY_BROKER_URL"].startswith("redis")

@@ -43,6 +43,12 @@ class PayloadError(WebhookError):
     status = 422
 
 
+class TooLarge(WebhookError):
+    """More parts or header lines than the edge parses (INBOXSYNC_MAX_FORM_PARTS, …)."""
+
+    status = 413
+
+
 class Forbidden(WebhookError):
     """Authentic, but not for this inbox (an SNS topic it does not subscribe to, say)."""
 
@@ -56,6 +62,9 @@ class WebhookRequest:
     headers: Mapping[str, str]  # lower-cased names
     query: Mapping[str, str]
     body: bytes
+    # The inbox of the URL, for the checks a body can fail against it (the generic webhook's
+    # ``inbox``); None where there is no URL (``inboxsync ingest`` of saved files).
+    inbox_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,11 @@ def check_basic_auth(request: WebhookRequest, user: object, password: object) ->
         raise SignatureError("missing or wrong basic auth credentials")
 
 
-def describe(exc: ValidationError) -> str:
-    """A pydantic error as one line: ``field.path: problem; …``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()
+def describe(exc: ValidationError, most: int = 5) -> str:
+    """A pydantic error as one line: ``field.path: problem; …``, the first ``most`` problems
+    (a body with ten thousand bad items gets a short answer)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    line = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in errors[:most]
     )
+    return line + (f"; and {len(errors) - most} more" if len(errors) > most else "")

@@ -5,9 +5,11 @@ Two forms, both posted as HTML forms: the parsed one (``body-plain``, ``stripped
 route URL ends in ``mime``, the raw one (``body-mime``).
 
 Authenticity: ``signature`` = hex HMAC-SHA256 of ``timestamp + token`` with the inbox's
-``signing_key``; ``timestamp`` must be within the tolerance window, and a ``token`` is remembered
-for that window (the journal refuses a second delivery with the same token: a replayed request
-is answered 2xx and stores nothing).
+``signing_key``; ``timestamp`` must be within the tolerance window
+(``INBOXSYNC_WEBHOOK_TOLERANCE_SECONDS``), and a ``token`` is remembered for that window (the
+journal refuses a second delivery with the same token: a replayed request is answered 2xx and
+stores nothing). The three fields are read by a scan of the form's part headers
+(forms.signature_fields), each once; the form is parsed only after they check out.
 """
 
 from __future__ import annotations
@@ -17,17 +19,26 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from handlers.channels import mail
 from handlers.channels.base import (
     Accepted,
     PayloadError,
     SignatureError,
+    TooLarge,
     WebhookRequest,
     constant_time_equal,
+    describe,
     hmac_sha256_hex,
 )
-from handlers.channels.forms import form_mail, parse_form
+from handlers.channels.forms import form_mail, parse_form, signature_fields
 from schemas.inbound import InboundMessage
+from settings import get_settings
+
+SIGNED = ("timestamp", "token", "signature")
+# Mailgun's ``message-headers``: a JSON list of [name, value] pairs of strings, nothing deeper.
+HEADER_PAIRS: TypeAdapter[list[tuple[str, str]]] = TypeAdapter(list[tuple[str, str]])
 
 
 def sign(signing_key: str, timestamp: str, token: str) -> str:
@@ -38,29 +49,30 @@ def sign(signing_key: str, timestamp: str, token: str) -> str:
 class MailgunAdapter:
     name = "mailgun"
     channels = frozenset({"email"})
-    blocking = False
-
-    def __init__(self, tolerance_seconds: int = 300) -> None:
-        self.tolerance_seconds = tolerance_seconds
+    # Parsing a signed form of many megabytes takes seconds: in a thread, not on the event loop.
+    blocking = True
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
         key = secrets.get("signing_key")
         if not key:
             raise SignatureError("inbox has no signing_key configured")
         try:
-            fields = parse_form(request.headers.get("content-type", ""), request.body)["fields"]
+            fields = _signature_fields(request)
         except PayloadError as exc:
             raise SignatureError(f"no signature to check: {exc}") from None
-        timestamp, token = fields.get("timestamp", ""), fields.get("token", "")
-        signature = fields.get("signature", "")
-        if not (timestamp and token and signature):
-            raise SignatureError("missing timestamp, token or signature")
+        if missing := [name for name in SIGNED if not fields.get(name)]:
+            raise SignatureError(
+                f"no {', '.join(missing)} among the form's first "
+                f"{get_settings().max_form_parts} parts (INBOXSYNC_MAX_FORM_PARTS)"
+            )
+        timestamp, token, signature = (fields[name] for name in SIGNED)
+        tolerance = get_settings().webhook_tolerance_seconds
         try:
             age = abs(now - int(timestamp))
-        except ValueError:
-            raise SignatureError("timestamp is not an integer") from None
-        if age > self.tolerance_seconds:
-            raise SignatureError(f"timestamp outside the {self.tolerance_seconds} s window")
+        except (ValueError, OverflowError):  # OverflowError: an integer no float can hold
+            raise SignatureError("timestamp is not a unix time") from None
+        if age > tolerance:
+            raise SignatureError(f"timestamp outside the {tolerance} s window")
         if not constant_time_equal(signature, sign(str(key), timestamp, token)):
             raise SignatureError("signature does not match")
 
@@ -69,7 +81,11 @@ class MailgunAdapter:
         fields = form["fields"]
         if "body-mime" not in fields and "message-headers" not in fields:
             raise PayloadError("neither body-mime nor message-headers: not a Mailgun route post")
-        return Accepted(payloads=[form], replay_key=f"mailgun:{fields.get('token', '')}")
+        if "message-headers" in fields:
+            _check_message_headers(fields["message-headers"])
+        # The token verify checked, read the way verify read it: the parser could see another.
+        token = _signature_fields(request).get("token", "")
+        return Accepted(payloads=[form], replay_key=f"mailgun:{token}")
 
     def normalize(
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
@@ -88,6 +104,33 @@ class MailgunAdapter:
             provider=self.name,
             provider_id=fields.get("token"),
             fallback_id=json.dumps(fields, sort_keys=True).encode(),
+        )
+
+
+def _signature_fields(request: WebhookRequest) -> dict[str, str]:
+    return signature_fields(
+        request.headers.get("content-type", ""),
+        request.body,
+        frozenset(SIGNED),
+        max_parts=get_settings().max_form_parts,
+    )
+
+
+def _check_message_headers(raw: str) -> None:
+    """Refused at the edge, not dead-lettered in the worker: ``message-headers`` that is not a
+    list of [name, value] string pairs (422), or longer than INBOXSYNC_MAX_HEADER_LINES (413)."""
+    try:
+        pairs = HEADER_PAIRS.validate_json(raw)
+    except ValidationError as exc:
+        raise PayloadError(
+            f"message-headers is not a JSON list of [name, value] pairs: {describe(exc)}",
+            field="message-headers",
+        ) from None
+    limit = get_settings().max_header_lines
+    if len(pairs) > limit:
+        raise TooLarge(
+            f"more than {limit} message-headers (INBOXSYNC_MAX_HEADER_LINES)",
+            field="message-headers",
         )
 
 

@@ -6,7 +6,9 @@ raw (``email``: the whole MIME message).
 
 Authenticity: Inbound Parse does not sign its posts. The inbox keeps either ``url_secret`` (the
 webhook URL then ends in ``?secret=<url_secret>``) or ``basic_username`` / ``basic_password``
-(HTTP basic auth in the URL); each is compared in constant time.
+(HTTP basic auth in the URL); each is compared in constant time. ``verify`` reads only the URL
+and the headers, so a stranger's form is never parsed: ``accept`` parses it, after ``verify``
+(api/webhooks.py), within INBOXSYNC_MAX_FORM_PARTS and INBOXSYNC_MAX_HEADER_LINES.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ from handlers.channels.base import (
     Accepted,
     PayloadError,
     SignatureError,
+    TooLarge,
     WebhookRequest,
     check_basic_auth,
     constant_time_equal,
 )
-from handlers.channels.forms import form_mail, parse_form
+from handlers.channels.forms import form_mail, line_count, parse_form
 from schemas.inbound import InboundMessage
+from settings import get_settings
 
 
 class SendGridAdapter:
     name = "sendgrid"
     channels = frozenset({"email"})
-    blocking = False
+    # Parsing a signed form of many megabytes takes seconds: in a thread, not on the event loop.
+    blocking = True
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
         url_secret = secrets.get("url_secret")
@@ -52,6 +57,11 @@ class SendGridAdapter:
         fields = form["fields"]
         if "email" not in fields and "headers" not in fields:
             raise PayloadError("neither email (raw mode) nor headers (parsed mode)")
+        limit = get_settings().max_header_lines
+        if "headers" in fields and line_count(fields["headers"].encode()) > limit:
+            raise TooLarge(
+                f"more than {limit} lines in headers (INBOXSYNC_MAX_HEADER_LINES)", field="headers"
+            )
         return Accepted(payloads=[form])
 
     def normalize(

@@ -10,13 +10,15 @@ https on an SNS host (``INBOXSYNC_SNS_CERT_HOSTS``); the message must be younger
 ``INBOXSYNC_SNS_MAX_AGE_S``; its ``TopicArn`` must be one of the inbox's ``topic_arns`` (403
 otherwise), and only then is a subscription confirmed (by fetching its ``SubscribeURL``, which
 must be an SNS host too). Fetching is the edge of the network: both calls are injectable.
+
+Malformed bodies (a field of the wrong JSON type, nesting deeper than the parser's limit) are a
+422 naming the field, before any certificate is fetched (schemas/ses.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from pydantic import ValidationError
 
 from handlers.channels import mail
 from handlers.channels.base import (
@@ -37,9 +40,11 @@ from handlers.channels.base import (
     PayloadError,
     SignatureError,
     WebhookRequest,
+    describe,
 )
 from handlers.email.parse import parse_raw
 from schemas.inbound import InboundMessage
+from schemas.ses import SesNotification, SnsMessage
 from settings import get_settings
 
 SIGNED_FIELDS = {
@@ -86,30 +91,29 @@ class SesAdapter:
         self._confirm = confirm
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
-        message = _sns_message(request.body, SignatureError)
+        message = _sns_message(request.body)
         settings = get_settings()
-        url = message.get("SigningCertURL", "")
+        url = message.signing_cert_url
         if not _sns_url(url, settings.sns_cert_hosts) or not urlsplit(url).path.endswith(".pem"):
             raise SignatureError(f"SigningCertURL {url[:200]!r} is not an SNS certificate URL")
         try:
-            stamp = datetime.fromisoformat(message["Timestamp"].replace("Z", "+00:00"))
-        except (KeyError, ValueError):
-            raise SignatureError("missing or malformed Timestamp") from None
-        if now - stamp.timestamp() > settings.sns_max_age_s:
+            stamp = datetime.fromisoformat(message.timestamp.replace("Z", "+00:00"))
+            age = now - stamp.timestamp()
+        except ValueError:
+            raise SignatureError("malformed Timestamp") from None
+        if age > settings.sns_max_age_s:
             raise SignatureError(f"message older than {settings.sns_max_age_s} s")
         self._check_signature(message, url)
-        if message.get("TopicArn") not in set(secrets.get("topic_arns", [])):
-            raise Forbidden(f"topic {message.get('TopicArn')!r} is not one of this inbox's")
+        if message.topic_arn not in set(secrets.get("topic_arns", [])):
+            raise Forbidden(f"topic {message.topic_arn!r} is not one of this inbox's")
 
-    def _check_signature(self, message: Mapping[str, str], url: str) -> None:
-        algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(
-            message.get("SignatureVersion", "")
-        )
+    def _check_signature(self, message: SnsMessage, url: str) -> None:
+        algorithm = {"1": hashes.SHA1(), "2": hashes.SHA256()}.get(message.signature_version)
         if algorithm is None:
             raise SignatureError("unknown SignatureVersion")
         try:
             certificate = self._certificate(url)
-            signature = base64.b64decode(message.get("Signature", ""), validate=True)
+            signature = base64.b64decode(message.signature, validate=True)
         except (httpx.HTTPError, ValueError, binascii.Error) as exc:
             raise SignatureError(f"cannot check the signature: {exc}") from None
         if certificate.not_valid_after_utc < datetime.now(UTC):
@@ -117,32 +121,35 @@ class SesAdapter:
         key = certificate.public_key()
         if not isinstance(key, rsa.RSAPublicKey):
             raise SignatureError("the signing certificate's key is not RSA")
+        signed = string_to_sign(message.signed_fields())
         try:
-            key.verify(signature, string_to_sign(message), padding.PKCS1v15(), algorithm)
-        except (InvalidSignature, KeyError):
+            key.verify(signature, signed, padding.PKCS1v15(), algorithm)
+        except InvalidSignature:
             raise SignatureError("signature does not match") from None
 
     def accept(self, request: WebhookRequest) -> Accepted:
-        message = _sns_message(request.body, PayloadError)
-        kind = message["Type"]
-        if kind == "SubscriptionConfirmation":
-            url = message.get("SubscribeURL", "")
+        message = _sns_message(request.body)
+        if message.type == "SubscriptionConfirmation":
+            url = message.subscribe_url or ""
             if not _sns_url(url, get_settings().sns_cert_hosts):
                 raise PayloadError("SubscribeURL is not an SNS URL", field="SubscribeURL")
             try:
                 self._confirm(url)
             except httpx.HTTPError as exc:  # SNS sends the confirmation again; answer 503-like
                 raise PayloadError(f"confirming the subscription failed: {exc}") from None
-            return Accepted(reply={"confirmed": message.get("TopicArn")})
-        if kind == "UnsubscribeConfirmation":
-            return Accepted(reply={"unsubscribed": message.get("TopicArn")})
+            return Accepted(reply={"confirmed": message.topic_arn})
+        if message.type == "UnsubscribeConfirmation":
+            return Accepted(reply={"unsubscribed": message.topic_arn})
         try:
-            ses = json.loads(message["Message"])
-        except (KeyError, ValueError):
-            raise PayloadError("Message is not SES's JSON", field="Message") from None
-        if ses.get("notificationType") != "Received" or "content" not in ses:
+            ses = SesNotification.model_validate_json(message.message)
+        except ValidationError as exc:
+            raise PayloadError(
+                f"Message is not SES's JSON: {describe(exc)}", field="Message"
+            ) from None
+        if ses.notification_type != "Received" or ses.content is None:
             raise PayloadError("not a received mail with its content (SNS action, not S3?)")
-        return Accepted(payloads=[{"sns_message_id": message["MessageId"], "ses": ses}])
+        payload = {"sns_message_id": message.message_id, "ses": ses.model_dump(by_alias=True)}
+        return Accepted(payloads=[payload])
 
     def normalize(
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
@@ -168,17 +175,17 @@ class SesAdapter:
         )
 
 
-def _sns_message(body: bytes, error: type[SignatureError] | type[PayloadError]) -> dict[str, Any]:
+def _sns_message(body: bytes) -> SnsMessage:
     try:
-        message = json.loads(body)
-    except ValueError:
-        raise error("body is not JSON") from None
-    if not isinstance(message, dict) or message.get("Type") not in SIGNED_FIELDS:
-        raise error("not an SNS message (Type missing or unknown)")
-    return message
+        return SnsMessage.model_validate_json(body)
+    except ValidationError as exc:
+        raise PayloadError(f"not an SNS message: {describe(exc)}") from None
 
 
 def _sns_url(url: str, hosts: list[str]) -> bool:
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
     return parts.scheme == "https" and any(re.fullmatch(pattern, host) for pattern in hosts)

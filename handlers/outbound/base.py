@@ -21,6 +21,8 @@ from typing import Any, Literal, Protocol
 
 import requests
 
+from handlers import netguard
+from handlers.outbound import transport
 from schemas.outbound import OutboundMail
 
 Outcome = Literal["retry", "uncertain", "permanent"]
@@ -49,17 +51,26 @@ _local = threading.local()
 
 
 def http() -> requests.Session:
-    """One pooled HTTP session per thread (a worker process reuses its connections)."""
+    """One pooled HTTP session per thread (a worker process reuses its connections), connecting
+    only to checked addresses (handlers/outbound/transport.py)."""
     session: requests.Session | None = getattr(_local, "session", None)
     if session is None:
-        session = _local.session = requests.Session()
+        session = _local.session = transport.session()
     return session
 
 
 def call(provider: str, method: str, url: str, *, timeout_s: float, **kwargs: Any) -> Any:
-    """An HTTP request to a provider's API; its failures as ``SendFailed``, 2xx as the response."""
+    """An HTTP request to a provider's API; its failures as ``SendFailed``, 2xx as the response.
+
+    A target netguard refuses fails for good: the setting has to change, not the weather."""
     try:
-        response = http().request(method, url, timeout=(timeout_s, timeout_s), **kwargs)
+        response = http().request(
+            method, url, timeout=(timeout_s, timeout_s), allow_redirects=False, **kwargs
+        )
+    except netguard.TargetRefused as exc:
+        raise SendFailed(f"{provider}: refused target: {exc}", outcome="permanent") from None
+    except netguard.Unresolvable as exc:
+        raise SendFailed(f"{provider}: {exc}", outcome="retry") from None
     except requests.ConnectTimeout as exc:
         raise SendFailed(f"{provider}: connect timeout: {exc}", outcome="retry") from None
     except requests.ReadTimeout:
@@ -67,11 +78,9 @@ def call(provider: str, method: str, url: str, *, timeout_s: float, **kwargs: An
             f"{provider}: no answer within {timeout_s:g} s", outcome="uncertain"
         ) from None
     except requests.ConnectionError as exc:
-        # Refused or unresolvable: nothing was sent. Dropped mid-request: it may have been.
-        reached = "NewConnectionError" not in repr(exc) and "NameResolution" not in repr(exc)
-        raise SendFailed(
-            f"{provider}: connection failed: {exc}", outcome="uncertain" if reached else "retry"
-        ) from None
+        # Refused or unreachable: nothing was sent. Dropped mid-request: it may have been.
+        outcome: Outcome = "retry" if transport.never_connected(exc) else "uncertain"
+        raise SendFailed(f"{provider}: connection failed: {exc}", outcome=outcome) from None
     except requests.RequestException as exc:
         raise SendFailed(f"{provider}: request failed: {exc}", outcome="permanent") from None
     status = response.status_code

@@ -32,6 +32,7 @@ from sqlalchemy import Row, and_, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from handlers.channels.base import describe
 from handlers.outbound import SENDERS
 from handlers.outbound.base import LookupUnsupported, Outcome, SendFailed
 from handlers.outbound.compose import compose
@@ -72,7 +73,10 @@ def parse_config(raw: dict[str, Any] | None) -> Any:
     try:
         return CONFIG.validate_python(raw)
     except ValidationError as exc:
-        raise ReplyRefused("bad_outbound", f"the inbox's outbound configuration: {exc}") from None
+        # describe() names fields and problems, never values: this one holds credentials.
+        raise ReplyRefused(
+            "bad_outbound", f"the inbox's outbound configuration: {describe(exc)}"
+        ) from None
 
 
 # ---- queueing ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Only one moment is ambiguous: after the mail's body went out and before the server's final
 answer. A timeout or a dropped connection there is ``uncertain``; everything before it (no
 connection, a refused sender or recipient, a 4xx) is certain. SMTP has no way to ask whether a
-mail arrived, so ``find`` is unsupported.
+mail arrived, so ``find`` is unsupported. The connection goes only to an address
+handlers/netguard.py checked (handlers/outbound/transport.py); a refused host fails the reply.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import smtplib
 import ssl
 
+from handlers import netguard
+from handlers.outbound import transport
 from handlers.outbound.base import LookupUnsupported, Outcome, SendFailed
 from handlers.outbound.compose import ascii_email, to_mime
 from schemas.outbound import OutboundMail, SmtpOutbound
@@ -24,6 +27,10 @@ class SmtpSender:
         content = to_mime(mail).as_bytes()
         try:
             client = _connect(config)
+        except netguard.TargetRefused as exc:
+            raise SendFailed(f"smtp: refused target: {exc}", outcome="permanent") from None
+        except netguard.Unresolvable as exc:
+            raise SendFailed(f"smtp: {exc}", outcome="retry") from None
         except (OSError, smtplib.SMTPException) as exc:
             raise SendFailed(f"smtp: cannot connect: {exc}", outcome="retry") from None
         try:
@@ -50,15 +57,23 @@ class SmtpSender:
 
 
 def _connect(config: SmtpOutbound) -> smtplib.SMTP:
+    client = transport.smtp_client(
+        config.host,
+        config.port,
+        timeout_s=config.timeout_s,
+        implicit_tls=config.security == "tls",
+        context=ssl.create_default_context(),
+    )
     if config.security == "tls":
-        return smtplib.SMTP_SSL(
-            config.host, config.port, timeout=config.timeout_s, context=ssl.create_default_context()
-        )
-    client = smtplib.SMTP(config.host, config.port, timeout=config.timeout_s)
-    client.ehlo()
-    if config.security == "starttls":
-        client.starttls(context=ssl.create_default_context())
+        return client
+    try:
         client.ehlo()
+        if config.security == "starttls":
+            client.starttls(context=ssl.create_default_context())
+            client.ehlo()
+    except BaseException:
+        client.close()  # a refused certificate must not leave the socket behind
+        raise
     return client
 
 
