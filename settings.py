@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # the form is parsed. Mailgun's signature fields must be among the first max_form_parts.
     max_form_parts: int = 500
     max_header_lines: int = 5000
+    # Attachments of one mail whose bytes are kept (store/blobs.py); the rest are listed only.
+    max_attachments_kept: int = 100
 
     # Ingress: deliveries are grouped into one broker message per batch (see api/batcher.py).
     ingest_batch_max: int = 200

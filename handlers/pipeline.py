@@ -33,7 +33,7 @@ from schemas.inbound import InboundMessage, IngestOutcome
 from settings import Settings, get_settings
 from store import bulk
 from store.blobs import BlobWriteError, blob_store
-from store.db import transaction
+from store.db import reading, transaction
 from store.models import Account, Conversation, Delivery, DeliveryOutcome, Ticket
 
 # Worth retrying: the database, a lock or the blob store's disk, not the payload. IntegrityError
@@ -114,16 +114,55 @@ def _claim(session: Session, ids: list[int]) -> list[Row[Any]]:
     storing (a copy of this message from the sweeper) is that worker's.
 
     Only these: a worker that also took other pending rows left their own broker messages to
-    find nothing, each costing a task and a transaction after the work was done. Batches grow
-    with load in the ingress instead (api/batcher.py)."""
+    find nothing, each costing a task and a transaction after the work was done. Ingest
+    messages queued up are taken from the broker instead (workers/coalesce.py)."""
     return list(
         session.execute(
-            select(*_JOURNAL_COLUMNS)
+            select(Delivery.id, Delivery.inbox_id, Delivery.received_at)
             .where(bulk.among(session, Delivery.id, ids))
             .order_by(Delivery.id)
             .with_for_update(skip_locked=True)
         )
     )
+
+
+def _read(ids: list[int]) -> list[Row[Any]]:
+    """The journal rows ``ids`` still there, read without a lock (to prepare them)."""
+    with reading() as session:
+        return list(
+            session.execute(
+                select(*_JOURNAL_COLUMNS)
+                .where(bulk.among(session, Delivery.id, ids))
+                .order_by(Delivery.id)
+            )
+        )
+
+
+Prepared = tuple[dict[str, Any], list[InboundMessage] | WebhookError]
+
+
+def _prepare(ids: list[int]) -> dict[int, Prepared]:
+    """Each delivery normalized (its messages, or why it cannot be), and its attachments' bytes
+    on disk: the slow part (parsing, one fsync per blob), done before the transaction opens so
+    that it never holds the locks of the batch (a mail with thousands of attachments used to
+    keep a transaction and its locks open for a minute). A delivery another worker stores
+    meanwhile was prepared for nothing: blobs are content-addressed, writing one twice is
+    harmless."""
+    prepared: dict[int, Prepared] = {}
+    for row in _read(ids):
+        d = _as_delivery(row)
+        try:
+            prepared[row.id] = (d, normalize(d))
+        except WebhookError as exc:
+            prepared[row.id] = (d, exc)
+    blob_store().put_all(
+        blob
+        for _, found in prepared.values()
+        if isinstance(found, list)
+        for m in found
+        for blob in m.blobs
+    )
+    return prepared
 
 
 def _as_delivery(row: Row[Any]) -> dict[str, Any]:
@@ -136,22 +175,19 @@ def _as_delivery(row: Row[Any]) -> dict[str, Any]:
 
 
 def _process(ids: list[int], task_id: str | None) -> Counts:
+    prepared = _prepare(ids)  # attachment bytes first: once messages commit, blobs are on disk
     with transaction() as session:
-        rows = _claim(session, ids)
+        rows = [r for r in _claim(session, ids) if r.id in prepared]
         messages: list[InboundMessage] = []
         owner: list[int] = []  # the delivery each message came from
         dead: dict[int, tuple[dict[str, Any], BaseException]] = {}
         for row in rows:
-            d = _as_delivery(row)
-            try:
-                found = normalize(d)
-            except WebhookError as exc:
-                dead[row.id] = (d, exc)
+            d, found = prepared[row.id]
+            if isinstance(found, WebhookError):
+                dead[row.id] = (d, found)
                 continue
             messages += found
             owner += [row.id] * len(found)
-        # Attachment bytes first: once the messages commit, their blobs are on disk.
-        blob_store().put_all(blob for m in messages for blob in m.blobs)
         outcomes = ingest(session, messages) if messages else []
         deadletters.insert(session, INGEST_TASK, task_id, list(dead.values()))
         _record_outcomes(session, rows, owner, outcomes, dead)
@@ -217,10 +253,11 @@ def _bury(ids: list[int], task_id: str | None) -> Counts:
         error = exc
     else:
         return {"stored": 0, "duplicate": 0, "dead": 0, "gone": len(ids)}
+    payloads = {r.id: _as_delivery(r) for r in _read(ids)}
     with transaction() as session:
-        rows = _claim(session, ids)
+        rows = [r for r in _claim(session, ids) if r.id in payloads]
         dead: dict[int, tuple[dict[str, Any], BaseException]] = {
-            r.id: (_as_delivery(r), error) for r in rows
+            r.id: (payloads[r.id], error) for r in rows
         }
         deadletters.insert(session, INGEST_TASK, task_id, list(dead.values()))
         _record_outcomes(session, rows, [], [], dead)

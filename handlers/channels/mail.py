@@ -24,6 +24,7 @@ from handlers.channels.base import PayloadError
 from handlers.email.parse import UnparseableEmail
 from schemas.email import ParsedEmail
 from schemas.inbound import InboundMessage
+from settings import get_settings
 
 SUBJECT_TOKEN = re.compile(r"\[#C(\d{1,18})\]")
 PLUS_TOKEN = re.compile(r"^[^+@]+\+c(\d{1,18})@", re.IGNORECASE)
@@ -94,6 +95,7 @@ def one_message(
         parsed, contents = parse()
     except UnparseableEmail as exc:
         raise PayloadError(f"unparseable mail: {exc}") from None
+    parsed = _within_attachment_count(parsed, get_settings().max_attachments_kept)
     message = to_inbound(
         parsed,
         inbox_id=inbox_id,
@@ -104,6 +106,27 @@ def one_message(
     )
     kept = [data for a, data in zip(parsed.attachments, contents, strict=True) if a.stored]
     return [message.model_copy(update={"blobs": kept})] if kept else [message]
+
+
+def _within_attachment_count(parsed: ParsedEmail, limit: int) -> ParsedEmail:
+    """Keep the bytes of the first ``limit`` attachments; list the others as not stored. Each
+    kept one is a file written and fsynced: a mail with ten thousand of them cost a worker a
+    minute and more."""
+    stored = [i for i, a in enumerate(parsed.attachments) if a.stored]
+    if len(stored) <= limit:
+        return parsed
+    dropped = set(stored[limit:])
+    attachments = [
+        a.model_copy(update={"stored": False}) if i in dropped else a
+        for i, a in enumerate(parsed.attachments)
+    ]
+    problem = (
+        f"{len(stored)} attachments: the bytes of the first {limit} are kept "
+        "(INBOXSYNC_MAX_ATTACHMENTS_KEPT), the others are listed only"
+    )
+    return parsed.model_copy(
+        update={"attachments": attachments, "problems": [*parsed.problems, problem]}
+    )
 
 
 def _kept(parsed: ParsedEmail, provider: str, provider_id: str | None) -> dict[str, Any]:
