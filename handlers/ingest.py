@@ -57,9 +57,11 @@ def ingest(
     groups = threading.groups(unique, ids_of, links, named, set(stored))
     convs, loaded = _lock_named(session, groups)
     now = clock or datetime.now(UTC)  # read after the case locks: see step 2 above
-    placed = [(g, threading.place(g, convs)) for g in groups]
-    placed, created = _open_conversations(session, placed, accounts, now)
+    placed, created = _open_conversations(
+        session, threading.place_all(groups, convs), accounts, now
+    )
     absorbed = _merge(session, placed, accounts, now)
+    placed = threading.settled(placed, convs)
     home = {_key(m): p.conversation_id for g, p in placed for m in g.messages}
     fresh = [m for g, _ in placed for m in g.messages if _key(m) not in stored]
     message_ids = _insert_messages(session, fresh, placed, now)
@@ -356,7 +358,8 @@ def _outcomes(
         key = _key(m)
         if key in stored:
             mid, conv = stored[key]
-            conv = absorbed.get(conv, conv)
+            while conv in absorbed:  # merged in this batch, perhaps more than once
+                conv = absorbed[conv]
         else:
             mid, conv = message_ids[key], home[key]  # type: ignore[assignment]
         out.append(

@@ -140,6 +140,32 @@ def place(group: Group, convs: dict[int, Conv]) -> Placement:
     return Placement(survivor, absorbed, tuple(ticketed[1:]))
 
 
+def place_all(groups: list[Group], convs: dict[int, Conv]) -> list[tuple[Group, Placement]]:
+    """Place every group, in turn: a conversation one group merges away is seen merged by the
+    next (two groups can name one conversation through different ids and share no id)."""
+    placed = []
+    for group in groups:
+        p = place(group, convs)
+        for gone in p.absorbed:
+            convs[gone] = Conv(gone, live=False, merged_into=p.conversation_id)
+        placed.append((group, p))
+    return placed
+
+
+def settled(
+    placed: list[tuple[Group, Placement]], convs: dict[int, Conv]
+) -> list[tuple[Group, Placement]]:
+    """Each placement's conversation as it ends up: one a later group merged away leads to the
+    conversation it went into."""
+    out = []
+    for group, p in placed:
+        target = p.conversation_id
+        if target is not None and target in convs:
+            target = resolve(target, convs)
+        out.append((group, Placement(target, p.absorbed, p.linked)))
+    return out
+
+
 def repointed(
     group: Group, placement: Placement, links: dict[Key, int | None], convs: dict[int, Conv]
 ) -> dict[Key, int]:

@@ -194,3 +194,21 @@ def test_a_reply_to_our_reply_threads_back_by_its_message_id(make_account):
     assert ours is not None and reply_id
     answer = store(mail(acct["inbox"], "a@x", ours.removeprefix("mid:")), stored=500)[0]
     assert answer.conversation_id == conv
+
+
+def test_two_groups_of_one_batch_naming_a_conversation_that_one_of_them_merges(make_account):
+    """In one batch: a mail merging x into y (y has the ticket), and a mail answering x only.
+    Both end in y; nothing is left in the merged conversation."""
+    acct = make_account()
+    x = store(mail(acct["inbox"], "x@x"))[0].conversation_id
+    assert store(mail(acct["inbox"], "x2@x", "x@x"))[0].conversation_id == x
+    y = store(mail(acct["inbox"], "y@x", sent=1))[0].conversation_id
+    new_ticket(acct, y, "t")
+    joining, answering = store(  # two groups: they share no id, only the conversation x
+        mail(acct["inbox"], "j@x", "x@x", "y@x", sent=2),
+        mail(acct["inbox"], "a@x", "x2@x", sent=3),
+        stored=200,
+    )
+    assert joining.conversation_id == answering.conversation_id == y
+    assert set(homes().values()) == {y}
+    assert state([x])["conversations"][0][5] == f"merged:{y}"
