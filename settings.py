@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     # and the demo, whose providers are stand-ins on loopback.
     outbound_allow_private: bool = False
 
+    # Chat: a conversation closed longer than this is not reopened by a new message; a new one
+    # starts (handlers/ingest.py). Mail replies name what they answer and have no such window.
+    chat_reopen_days: float = 7.0
+    # Chat media (handlers/media.py): the hosts files may be fetched from, per provider, in
+    # place of the adapter's own list (regular expressions; JSON such as
+    # {"twilio": ["api\\.twilio\\.com"]}); and the largest file fetched.
+    media_hosts: dict[str, list[str]] = {}
+    max_media_bytes: int = 25 * 1024 * 1024
+
     # Workers.
     task_max_retries: int = 8
     embedded_visibility_timeout_s: float = 60.0

@@ -24,7 +24,7 @@ from api import (
     resources,
     webhooks,
 )
-from handlers import journal, pipeline
+from handlers import edits, journal, pipeline
 from handlers.outbound import replies as outbound_replies
 from settings import Settings, get_settings
 
@@ -92,6 +92,7 @@ def sweep_once(settings: Settings) -> None:
             break
     if due := outbound_replies.sweep():
         publish_replies(due)
+    edits.sweep()  # an edit that raced its message's transaction
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

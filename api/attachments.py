@@ -33,7 +33,8 @@ def download(message_id: Id, index: Id, who: Caller) -> Response:
         ).first()
     if row is None or not who.sees(row.account_id):
         raise not_found("message", message_id)
-    listed = ((row.headers or {}).get("email") or {}).get("attachments") or []
+    headers = row.headers or {}
+    listed = (headers.get("email") or headers.get("chat") or {}).get("attachments") or []
     if not 0 <= index < len(listed):
         raise not_found("attachment", f"{message_id}/{index}")
     attachment = listed[index]

@@ -8,10 +8,12 @@ first reply instead of sending a second mail.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.auth import Caller
 from api.errors import JSON, not_found
@@ -20,7 +22,7 @@ from handlers.outbound import replies
 from schemas.outbound import ReplyIn, ReplyOut
 from schemas.types import Id
 from store.db import reading
-from store.models import Reply
+from store.models import ProviderStatus, Reply
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["replies"])
@@ -43,7 +45,7 @@ def _answer(reply_id: int, status: int) -> JSON:
     with reading() as session:
         reply = session.get(Reply, reply_id)
         assert reply is not None
-        body = reply_out(reply).model_dump(mode="json")
+        body = reply_out(reply, _statuses(session, [reply])).model_dump(mode="json")
     return JSON(body, status_code=status, headers={"Location": f"/replies/{reply_id}"})
 
 
@@ -75,7 +77,7 @@ def get_reply(reply_id: Id, who: Caller) -> Any:
         reply = session.get(Reply, reply_id)
         if reply is None or not who.sees(reply.account_id):
             raise not_found("reply", reply_id)
-        return reply_out(reply)
+        return reply_out(reply, _statuses(session, [reply]))
 
 
 @router.get("/conversations/{conversation_id}/replies", response_model=list[ReplyOut])
@@ -87,7 +89,21 @@ def list_replies(conversation_id: Id, who: Caller) -> Any:
         rows = session.scalars(
             select(Reply).where(Reply.conversation_id == conversation_id).order_by(Reply.id)
         ).all()
-        return [reply_out(r) for r in rows]
+        known = _statuses(session, rows)
+        return [reply_out(r, known) for r in rows]
+
+
+def _statuses(session: Session, rows: Sequence[Reply]) -> dict[tuple[int, str], str]:
+    """What chat providers said about these replies (delivered, read, failed), in one query."""
+    ids = [r.provider_message_id for r in rows if r.provider_message_id]
+    if not ids:
+        return {}
+    found = session.execute(
+        select(
+            ProviderStatus.inbox_id, ProviderStatus.provider_message_id, ProviderStatus.state
+        ).where(ProviderStatus.provider_message_id.in_(ids))
+    )
+    return {(r.inbox_id, r.provider_message_id): r.state for r in found}
 
 
 @router.post(

@@ -91,6 +91,7 @@ def message(m: Message, reply_id: int | None = None, delivery: str | None = None
     attachments) is kept with it and shown here."""
     mail: dict[str, Any] = (m.headers or {}).get("email") or {}
     threading: dict[str, Any] = (m.headers or {}).get("threading") or {}
+    chat: dict[str, Any] = (m.headers or {}).get("chat") or {}
     attachments = [
         AttachmentOut(
             index=n,
@@ -103,7 +104,7 @@ def message(m: Message, reply_id: int | None = None, delivery: str | None = None
             stored=a.get("stored", True),
             url=f"/messages/{m.id}/attachments/{n}" if a.get("stored", True) else None,
         )
-        for n, a in enumerate(mail.get("attachments") or [])
+        for n, a in enumerate(mail.get("attachments") or chat.get("attachments") or [])
     ]
     return MessageOut(
         id=m.id,
@@ -125,12 +126,14 @@ def message(m: Message, reply_id: int | None = None, delivery: str | None = None
         in_reply_to=_listed(mail.get("in_reply_to")),
         references=_listed(mail.get("references")),
         attachments=attachments,
-        problems=mail.get("problems") or [],
+        problems=mail.get("problems") or chat.get("problems") or [],
         automatic=m.automatic,
         also_in=threading.get("also_in") or [],
         sent_at=m.sent_at,
         received_at=m.received_at,
         stored_at=m.stored_at,
+        edited_at=m.edited_at,
+        deleted=m.deleted_at is not None,
         reply_id=reply_id,
         delivery=delivery,  # type: ignore[arg-type]
     )
@@ -178,7 +181,9 @@ def tickets(
     ]
 
 
-def reply_out(reply: Reply) -> ReplyOut:
+def reply_out(reply: Reply, statuses: dict[tuple[int, str], str] | None = None) -> ReplyOut:
+    """A reply and its delivery; ``statuses``: what chat providers reported, by (inbox, their
+    message id)."""
     mail = reply.mail
     return ReplyOut(
         id=reply.id,
@@ -191,6 +196,9 @@ def reply_out(reply: Reply) -> ReplyOut:
         subject=mail.get("subject", ""),
         attempts=reply.attempts,
         provider_message_id=reply.provider_message_id,
+        provider_status=(statuses or {}).get(  # type: ignore[arg-type]
+            (reply.inbox_id, reply.provider_message_id or "")
+        ),
         error=reply.error,
         created_at=reply.created_at,
         sent_at=reply.sent_at,

@@ -13,14 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api import errors
-from api.errors import JSON, ApiError, not_found
+from api.errors import ApiError, not_found
 from handlers import journal
 from handlers.channels import adapter_for
-from handlers.channels.base import WebhookRequest
+from handlers.channels.base import WebhookRequest, methods_of
 from schemas.types import MAX_ID, Id
 from store.db import reading
 from store.models import Inbox
@@ -66,12 +68,33 @@ async def inbox_info(inbox_id: int) -> InboxInfo | None:
     return info
 
 
-async def handle(
-    state: Any, inbox_id: int, url: str, headers: dict[str, str], query: dict[str, str], body: bytes
-) -> tuple[int, Any]:
-    """The whole webhook contract, framework-free: (status, JSON body) or a typed error.
+@dataclass(frozen=True)
+class Answer:
+    """What a webhook request is answered: JSON ``body``, or ``text`` (a handshake)."""
 
-    ``headers`` have lower-case names. Called by the FastAPI route below and by the ASGI fast
+    status: int
+    body: Any = None
+    text: str | None = None
+
+    def render(self) -> tuple[bytes, bytes]:
+        """(content type, bytes)."""
+        if self.text is not None:
+            return b"text/plain; charset=utf-8", self.text.encode()
+        return b"application/json", orjson.dumps(self.body, option=orjson.OPT_UTC_Z)
+
+
+async def handle(
+    state: Any,
+    inbox_id: int,
+    url: str,
+    headers: dict[str, str],
+    query: dict[str, str],
+    body: bytes,
+    method: str = "POST",
+) -> Answer:
+    """The whole webhook contract, framework-free: an ``Answer`` or a typed error.
+
+    ``headers`` have lower-case names. Called by the FastAPI routes below and by the ASGI fast
     path (``Ingress``) that serves the same URL in production without the framework's cost."""
     settings = state.settings
     if len(body) > settings.max_body_bytes:
@@ -80,8 +103,10 @@ async def handle(
     if inbox is None:
         raise not_found("inbox", inbox_id)
     adapter = adapter_for(inbox.provider)
+    if method not in methods_of(adapter):
+        raise ApiError(405, "method_not_allowed", f"{inbox.provider} webhooks take no {method}")
     webhook = WebhookRequest(
-        method="POST", url=url, headers=headers, query=query, body=body, inbox_id=inbox.id
+        method=method, url=url, headers=headers, query=query, body=body, inbox_id=inbox.id
     )
     if adapter.blocking:
         await run_in_threadpool(adapter.verify, webhook, inbox.secrets, time.time())
@@ -95,11 +120,14 @@ async def handle(
         if accepted.replay_key:
             deliveries[0]["replay_key"] = accepted.replay_key
         ids = await state.batcher.submit(deliveries)
+    if accepted.reply_text is not None:
+        return Answer(accepted.status or 200, text=accepted.reply_text)
     if accepted.reply is not None:
-        return 200, accepted.reply
+        return Answer(accepted.status or 200, accepted.reply)
     known = [i for i in ids if i is not None]
     # A replayed one-time token (Mailgun) was journaled the first time: nothing new here.
-    return 202, {"accepted": len(known), "deliveries": known, "replay": len(known) < len(ids)}
+    out = {"accepted": len(known), "deliveries": known, "replay": len(known) < len(ids)}
+    return Answer(accepted.status or 202, out)
 
 
 @router.post(
@@ -108,9 +136,9 @@ async def handle(
     summary="Inbound webhook of an inbox's provider",
     responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
 )
-async def receive(inbox_id: Id, request: Request) -> JSON:
+async def receive(inbox_id: Id, request: Request) -> Response:
     _check_declared_length(request.app.state.settings, request.headers.get("content-length"))
-    status, out = await handle(
+    answer = await handle(
         request.app.state,
         inbox_id,
         str(request.url),
@@ -118,7 +146,30 @@ async def receive(inbox_id: Id, request: Request) -> JSON:
         dict(request.query_params),
         await request.body(),
     )
-    return JSON(out, status_code=status)
+    return _response(answer)
+
+
+@router.get(
+    "/webhooks/{inbox_id}",
+    summary="A provider's subscription handshake (WhatsApp Cloud's hub.challenge)",
+    responses={200: {"content": {"text/plain": {}}}, 401: {}, 403: {}, 404: {}, 405: {}},
+)
+async def handshake(inbox_id: Id, request: Request) -> Response:
+    answer = await handle(
+        request.app.state,
+        inbox_id,
+        str(request.url),
+        {k.lower(): v for k, v in request.headers.items()},
+        dict(request.query_params),
+        b"",
+        method="GET",
+    )
+    return _response(answer)
+
+
+def _response(answer: Answer) -> Response:
+    media_type, content = answer.render()
+    return Response(content, status_code=answer.status, media_type=media_type.decode())
 
 
 def _check_declared_length(settings: Any, declared: str | None) -> None:
@@ -161,11 +212,18 @@ class Ingress:
                 url += "?" + scope["query_string"].decode("latin-1")
             if len(tail) > len(str(MAX_ID)):  # no row has it, and int() refuses 4,300 digits
                 raise not_found("inbox", tail[:20] + "…")
-            status, out = await handle(self.state, int(tail), url, headers, query, body)
-            extra: dict[str, str] = {}
+            answer = await handle(self.state, int(tail), url, headers, query, body)
         except Exception as exc:
             status, out, extra = errors.render(exc)
-        await errors.send_json(send, status, out, extra)
+            await errors.send_json(send, status, out, extra)
+            return
+        if answer.text is None:
+            await errors.send_json(send, answer.status, answer.body)
+            return
+        media_type, content = answer.render()
+        raw_headers = [(b"content-type", media_type), (b"content-length", b"%d" % len(content))]
+        await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": content})
 
 
 PREFIX = "/webhooks/"

@@ -28,7 +28,7 @@ from handlers import netguard
 from handlers.channels import REGISTRY
 from handlers.channels.base import describe
 from schemas.api import AccountIn, InboxIn, OwnerIn, TokenIn
-from schemas.outbound import OutboundConfig, SmtpOutbound
+from schemas.outbound import OutboundConfig, SmtpOutbound, WidgetOutbound
 from settings import get_settings
 from store.models import Account, ApiToken, Inbox, Owner
 
@@ -164,5 +164,6 @@ def outbound_target(config: OutboundConfig) -> tuple[str, int, str]:
     """The host and port a sender connects to, and the field that names them."""
     if isinstance(config, SmtpOutbound):
         return config.host.strip("[]"), config.port, "host"
-    url = urlsplit(config.api_url)
-    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80), "api_url"
+    name = "reply_url" if isinstance(config, WidgetOutbound) else "api_url"
+    url = urlsplit(getattr(config, name))
+    return url.hostname or "", url.port or (443 if url.scheme == "https" else 80), name

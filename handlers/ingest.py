@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -29,6 +29,7 @@ from handlers import apply, threading
 from handlers.threading import Conv, Group, MessageKey, Placement
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
+from settings import get_settings
 from store import bulk, cases, threads
 from store.models import Contact, Conversation, Inbox, Message, Reply
 
@@ -49,7 +50,7 @@ def ingest(
     for m in batch:
         firsts.setdefault(_key(m), m)  # the first copy of each; later ones are duplicates
     unique = list(firsts.values())
-    accounts = _inbox_accounts(session, {m.inbox_id for m in unique})
+    accounts, chats = _inboxes(session, {m.inbox_id for m in unique})
     ids_of = {_key(m): threading.thread_ids(m) for m in unique}
     links = threads.lock(session, [(m.inbox_id, t) for m in unique for t in ids_of[_key(m)]])
     stored = _already_stored(session, unique)
@@ -57,6 +58,7 @@ def ingest(
     groups = threading.groups(unique, ids_of, links, named, set(stored))
     convs, loaded = _lock_named(session, groups)
     now = clock or datetime.now(UTC)  # read after the case locks: see step 2 above
+    _forget_stale_chats(convs, loaded, chats, now)
     placed, created = _open_conversations(
         session, threading.place_all(groups, convs), accounts, now
     )
@@ -74,12 +76,35 @@ def _key(m: InboundMessage) -> MessageKey:
     return (m.inbox_id, m.external_id)
 
 
-def _inbox_accounts(session: Session, inbox_ids: set[int]) -> dict[int, int]:
-    rows = session.execute(select(Inbox.id, Inbox.account_id).where(Inbox.id.in_(inbox_ids))).all()
+def _inboxes(session: Session, inbox_ids: set[int]) -> tuple[dict[int, int], set[int]]:
+    """Each inbox's account, and which inboxes are chat inboxes."""
+    rows = session.execute(
+        select(Inbox.id, Inbox.account_id, Inbox.channel).where(Inbox.id.in_(inbox_ids))
+    ).all()
     found = {r.id: r.account_id for r in rows}
     if missing := inbox_ids - set(found):
         raise UnknownInbox(f"unknown inbox ids: {sorted(missing)}")
-    return found
+    return found, {r.id for r in rows if r.channel == "chat"}
+
+
+def _forget_stale_chats(
+    convs: dict[int, Conv],
+    loaded: cases.LoadedCase | None,
+    chats: set[int],
+    now: datetime,
+) -> None:
+    """A chat closed longer than ``chat_reopen_days`` is not reopened by a new message (M1): a
+    new conversation starts, and the thread's ids move to it. (Mail has no such window: a
+    reply names what it answers.)"""
+    if loaded is None or not chats:
+        return
+    window = timedelta(days=get_settings().chat_reopen_days)
+    for cid, closed in loaded.closed_at.items():
+        conv = convs.get(cid)
+        if conv is None or not conv.live or loaded.inbox_of.get(cid) not in chats:
+            continue
+        if loaded.case.conversations[cid].status == "closed" and closed < now - window:
+            convs[cid] = Conv(cid, live=False, ticket_id=conv.ticket_id)
 
 
 def _already_stored(
@@ -145,7 +170,9 @@ def _open_conversations(
     if not new:
         return placed, set()
     firsts = [min(g.messages, key=lambda m: m.sent_at) for g in new]  # its contact
-    contacts = _contacts(session, [(accounts[m.inbox_id], m.sender) for m in firsts])
+    contacts = _contacts(
+        session, [(accounts[m.inbox_id], m.sender, m.contact_name) for m in firsts]
+    )
     rows = [
         {
             "account_id": accounts[m.inbox_id],
@@ -167,12 +194,18 @@ def _open_conversations(
     return out, set(opened.values())
 
 
-def _contacts(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], int]:
-    wanted = sorted({(account, sender.lower()) for account, sender in pairs})
+def _contacts(
+    session: Session, people: list[tuple[int, str, str | None]]
+) -> dict[tuple[int, str], int]:
+    """The contact of each (account, handle), made if new (with the name first seen)."""
+    names: dict[tuple[int, str], str | None] = {}
+    for account, sender, name in people:
+        names.setdefault((account, sender.lower()), name)
+    wanted = sorted(names)
     bulk.insert_many(
         session,
         Contact,
-        [{"account_id": a, "handle": h} for a, h in wanted],
+        [{"account_id": a, "handle": h, "name": names[(a, h)]} for a, h in wanted],
         skip_conflicts_on=("account_id", "handle"),
     )
     rows = bulk.matching(

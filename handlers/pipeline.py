@@ -24,17 +24,18 @@ from sqlalchemy import Row, delete, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from handlers import apply, deadletters, journal, routing
+from handlers import apply, deadletters, edits, journal, media, routing
 from handlers.channels import adapter_for
 from handlers.channels.base import WebhookError, describe
 from handlers.ingest import ingest
+from handlers.outbound import statuses
 from schemas import changes as c
-from schemas.inbound import InboundMessage, IngestOutcome
+from schemas.inbound import DeliveryUpdate, InboundMessage, IngestOutcome, MessageEdit, Normalized
 from settings import Settings, get_settings
 from store import bulk
 from store.blobs import BlobWriteError, blob_store
 from store.db import reading, transaction
-from store.models import Account, Conversation, Delivery, DeliveryOutcome, Ticket
+from store.models import Account, Conversation, Delivery, DeliveryOutcome, Inbox, Ticket
 
 # Worth retrying: the database, a lock or the blob store's disk, not the payload. IntegrityError
 # is here because two workers racing on one new row make one of them fail once; the retry finds
@@ -53,7 +54,7 @@ APPLY_TASK = "inboxsync.apply_change"
 Counts = dict[str, int]
 
 
-def normalize(d: dict[str, Any]) -> list[InboundMessage]:
+def normalize(d: dict[str, Any]) -> list[Normalized]:
     try:
         inbox_id, provider = int(d["inbox_id"]), str(d["provider"])
         received_at = datetime.fromisoformat(d["received_at"])
@@ -61,7 +62,7 @@ def normalize(d: dict[str, Any]) -> list[InboundMessage]:
     except (KeyError, TypeError, ValueError) as exc:
         raise WebhookError(f"malformed delivery: {exc!r}") from None
     try:
-        return adapter_for(provider).normalize(inbox_id, received_at, payload)
+        return list(adapter_for(provider).normalize(inbox_id, received_at, payload))
     except ValidationError as exc:
         # describe(): the fields and their problems, not the values (a customer's text).
         raise WebhookError(describe(exc)) from None
@@ -138,7 +139,7 @@ def _read(ids: list[int]) -> list[Row[Any]]:
         )
 
 
-Prepared = tuple[dict[str, Any], list[InboundMessage] | WebhookError]
+Prepared = tuple[dict[str, Any], list[Normalized] | WebhookError]
 
 
 def _prepare(ids: list[int]) -> dict[int, Prepared]:
@@ -149,20 +150,48 @@ def _prepare(ids: list[int]) -> dict[int, Prepared]:
     meanwhile was prepared for nothing: blobs are content-addressed, writing one twice is
     harmless."""
     prepared: dict[int, Prepared] = {}
-    for row in _read(ids):
+    rows = _read(ids)
+    secrets = _secrets_for_media(rows)
+    for row in rows:
         d = _as_delivery(row)
         try:
-            prepared[row.id] = (d, normalize(d))
+            found = normalize(d)
         except WebhookError as exc:
             prepared[row.id] = (d, exc)
+            continue
+        adapter = adapter_for(row.provider)
+        prepared[row.id] = (
+            d,
+            [
+                media.fetch(m, row.provider, adapter, secrets.get(row.inbox_id, {}))
+                if isinstance(m, InboundMessage) and m.media
+                else m
+                for m in found
+            ],
+        )
     blob_store().put_all(
         blob
         for _, found in prepared.values()
         if isinstance(found, list)
         for m in found
+        if isinstance(m, InboundMessage)
         for blob in m.blobs
     )
     return prepared
+
+
+def _secrets_for_media(rows: list[Row[Any]]) -> dict[int, dict[str, Any]]:
+    """The inbox secrets chat adapters fetch media with (bot tokens, account keys)."""
+    inbox_ids = {r.inbox_id for r in rows if r.provider not in _NO_MEDIA}
+    if not inbox_ids:
+        return {}
+    with reading() as session:
+        found = session.execute(select(Inbox.id, Inbox.secrets).where(Inbox.id.in_(inbox_ids)))
+        return {r.id: dict(r.secrets or {}) for r in found}
+
+
+# Providers whose messages never carry media by reference (mail brings its attachments along).
+_NO_MEDIA = frozenset({"generic", "postmark", "mailgun", "sendgrid", "ses", "rfc822"})
 
 
 def _as_delivery(row: Row[Any]) -> dict[str, Any]:
@@ -179,18 +208,29 @@ def _process(ids: list[int], task_id: str | None) -> Counts:
     with transaction() as session:
         rows = [r for r in _claim(session, ids) if r.id in prepared]
         messages: list[InboundMessage] = []
-        owner: list[int] = []  # the delivery each message came from
+        changes: list[MessageEdit] = []
+        updates: list[DeliveryUpdate] = []
+        owner: list[int] = []  # the delivery each message or edit came from
         dead: dict[int, tuple[dict[str, Any], BaseException]] = {}
         for row in rows:
             d, found = prepared[row.id]
             if isinstance(found, WebhookError):
                 dead[row.id] = (d, found)
                 continue
-            messages += found
-            owner += [row.id] * len(found)
+            messages += [m for m in found if isinstance(m, InboundMessage)]
+            owner += [row.id] * sum(1 for m in found if isinstance(m, InboundMessage))
+        for row in rows:  # edits after messages: an edit of a message of this batch finds it
+            found = prepared[row.id][1]
+            if not isinstance(found, WebhookError):
+                changes += [e for e in found if isinstance(e, MessageEdit)]
+                owner += [row.id] * sum(1 for e in found if isinstance(e, MessageEdit))
+                updates += [u for u in found if isinstance(u, DeliveryUpdate)]
         outcomes = ingest(session, messages) if messages else []
+        edits.apply_waiting(session, {(o.inbox_id, o.external_id) for o in outcomes})
+        edited = edits.apply(session, changes) if changes else []
+        statuses.record(session, updates)
         deadletters.insert(session, INGEST_TASK, task_id, list(dead.values()))
-        _record_outcomes(session, rows, owner, outcomes, dead)
+        _record_outcomes(session, rows, owner, [*outcomes, *edited], dead)
         session.execute(
             delete(Delivery).where(bulk.among(session, Delivery.id, [r.id for r in rows]))
         )
@@ -207,7 +247,7 @@ def _record_outcomes(
     session: Session,
     rows: list[Row[Any]],
     owner: list[int],
-    outcomes: list[IngestOutcome],
+    outcomes: list[IngestOutcome | edits.EditOutcome],
     dead: dict[int, tuple[dict[str, Any], BaseException]],
 ) -> None:
     """What became of each delivery, for ``GET /deliveries/{id}``."""

@@ -215,6 +215,12 @@ class MessageOut(BaseModel):
     sent_at: Timestamp
     received_at: Timestamp
     stored_at: Timestamp
+    edited_at: Timestamp | None = Field(
+        default=None, description="Chat: when its sender last edited it (the provider's time)."
+    )
+    deleted: bool = Field(
+        default=False, description="Chat: its sender deleted it; its text is gone."
+    )
     reply_id: int | None = None  # an agent's reply: its delivery is /replies/{reply_id}
     delivery: ReplyState | None = None
 

@@ -1,13 +1,31 @@
-"""The one normalized inbound message every channel adapter produces, and the generic webhook."""
+"""What channel adapters produce from a webhook, and the generic webhook's body.
+
+An adapter's ``normalize`` returns ``Normalized`` items: mostly ``InboundMessage`` (a message
+that joins a conversation); chat providers also send ``MessageEdit`` (a message edited or
+deleted) and ``DeliveryUpdate`` (the provider's news about one of our replies: delivered, read,
+failed)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.types import Id
+
+
+class MediaRef(BaseModel):
+    """A file a chat message carries, by reference: the worker fetches it from the provider's
+    own hosts into the blob store (handlers/media.py) before the message is stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(max_length=2000)
+    content_type: str = Field(default="application/octet-stream", max_length=200)
+    filename: str | None = Field(default=None, max_length=500)
+    # The provider's id of the file when fetching it takes a lookup first (WhatsApp, Telegram).
+    provider_ref: str | None = Field(default=None, max_length=500)
 
 
 class InboundMessage(BaseModel):
@@ -34,12 +52,50 @@ class InboundMessage(BaseModel):
     reply_token: int | None = None
     # An auto-reply or a bounce: stored, but it reopens nothing and asks for no answer.
     automatic: bool = False
+    # Chat: the contact's display name as the provider gives it (kept when first seen), and the
+    # files the message carries, to fetch.
+    contact_name: str | None = Field(default=None, max_length=200)
+    media: list[MediaRef] = Field(default_factory=list, max_length=50)
     # Attachment contents, for the blob store (store/blobs.py); never serialized with the message.
     blobs: list[bytes] = Field(default_factory=list, exclude=True, repr=False)
 
     @property
     def effective_thread_key(self) -> str:
         return self.thread_key if self.thread_key else f"sender:{self.sender.lower()}"
+
+
+class MessageEdit(BaseModel):
+    """A stored message edited (``text``) or deleted (``deleted``) at the provider. Applied once
+    (``event_id``) and in the provider's order of edits (``edited_at``): an older edit arriving
+    after a newer one changes nothing, and a deletion is final. An edit of a message not stored
+    yet waits for it (handlers/edits.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inbox_id: int
+    external_id: str = Field(min_length=1, max_length=500)  # the message's
+    event_id: str = Field(min_length=1, max_length=500)
+    text: str | None = Field(default=None, max_length=1_000_000)
+    deleted: bool = False
+    edited_at: AwareDatetime
+    received_at: AwareDatetime
+
+
+class DeliveryUpdate(BaseModel):
+    """The provider's news about a message we sent (a reply), by the id it gave it: its state
+    moves forward only (sent → delivered → read; failed is final), whatever the order the
+    callbacks arrive in."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inbox_id: int
+    provider_message_id: str = Field(min_length=1, max_length=300)
+    state: Literal["sent", "delivered", "read", "failed"]
+    error: str | None = Field(default=None, max_length=2000)
+    at: AwareDatetime
+
+
+Normalized = InboundMessage | MessageEdit | DeliveryUpdate
 
 
 class GenericWebhook(BaseModel):

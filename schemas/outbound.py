@@ -63,14 +63,23 @@ ApiUrl = Annotated[str, AfterValidator(_api_url)]
 SmtpHost = Annotated[str, AfterValidator(_smtp_host)]
 
 
-class _Config(BaseModel):
+class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     _no_nul = field_validator("*")(refuse_nul)
 
-    # The address replies come from: "Acme Support <support@acme.example>".
-    from_: str = Field(alias="from", min_length=3, max_length=320)
     # Seconds for connecting and, separately, for the provider's answer.
     timeout_s: float = Field(default=30.0, gt=0, le=300)
+
+
+class _Config(_Base):
+    """A mail provider's setting."""
+
+    # The address replies come from: "Acme Support <support@acme.example>".
+    from_: str = Field(alias="from", min_length=3, max_length=320)
+
+
+class _ChatConfig(_Base):
+    """A chat provider's setting: replies go back into the chat they answer."""
 
 
 class PostmarkOutbound(_Config):
@@ -103,8 +112,63 @@ class SmtpOutbound(_Config):
     password: str | None = None
 
 
+class SlackOutbound(_ChatConfig):
+    """``chat.postMessage`` in the thread, with the bot token."""
+
+    via: Literal["slack"]
+    bot_token: str = Field(min_length=1)
+    api_url: ApiUrl = "https://slack.com/api"
+
+
+class TwilioOutbound(_ChatConfig):
+    """Twilio Messages (SMS and WhatsApp), with the account's SID and auth token."""
+
+    via: Literal["twilio"]
+    account_sid: str = Field(min_length=1)
+    auth_token: str = Field(min_length=1)
+    api_url: ApiUrl = "https://api.twilio.com"
+    # This inbox's public webhook URL, given to Twilio for delivery status callbacks.
+    status_callback_url: ApiUrl | None = None
+
+
+class WhatsAppOutbound(_ChatConfig):
+    """WhatsApp Cloud API messages from one business phone number."""
+
+    via: Literal["whatsapp"]
+    access_token: str = Field(min_length=1)
+    phone_number_id: str = Field(min_length=1)
+    api_url: ApiUrl = "https://graph.facebook.com/v21.0"
+
+
+class TelegramOutbound(_ChatConfig):
+    """Telegram Bot API ``sendMessage``."""
+
+    via: Literal["telegram"]
+    bot_token: str = Field(min_length=1)
+    api_url: ApiUrl = "https://api.telegram.org"
+
+
+class WidgetOutbound(_ChatConfig):
+    """The website widget: replies are posted to the site's server, signed the Standard
+    Webhooks way with ``signing_secret``."""
+
+    via: Literal["widget"]
+    reply_url: ApiUrl
+    signing_secret: str = Field(min_length=1)
+
+
+MAIL_VIAS = frozenset({"postmark", "mailgun", "sendgrid", "smtp"})
+
 OutboundConfig = Annotated[
-    PostmarkOutbound | MailgunOutbound | SendGridOutbound | SmtpOutbound,
+    PostmarkOutbound
+    | MailgunOutbound
+    | SendGridOutbound
+    | SmtpOutbound
+    | SlackOutbound
+    | TwilioOutbound
+    | WhatsAppOutbound
+    | TelegramOutbound
+    | WidgetOutbound,
     Field(discriminator="via"),
 ]
 
@@ -125,6 +189,24 @@ class OutboundMail(BaseModel):
     html: str | None = None
     in_reply_to: str | None = None
     references: list[str] = Field(default_factory=list)
+    date: AwareDatetime
+
+
+class OutboundChat(BaseModel):
+    """A chat reply as it goes out, fixed when it is queued (every attempt sends the same).
+
+    ``target`` says where, in the provider's terms: what its adapter kept as
+    ``headers["chat"]["reply_to"]`` of the customer's newest message (a Slack channel and thread,
+    a phone number and ours, a Telegram chat id, a widget session). ``client_id`` is our id of
+    the message: given to providers that take one (idempotency, metadata), and what a lookup
+    after an unanswered attempt searches for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reply_key: str
+    client_id: str
+    text: str
+    target: dict[str, Any]
     date: AwareDatetime
 
 
@@ -151,6 +233,9 @@ class ReplyOut(BaseModel):
     subject: str
     attempts: int
     provider_message_id: str | None
+    provider_status: Literal["sent", "delivered", "read", "failed"] | None = Field(
+        default=None, description="Chat: what the provider last reported (delivered, read…)."
+    )
     error: str | None
     created_at: Timestamp
     sent_at: Timestamp | None

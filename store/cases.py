@@ -42,6 +42,8 @@ class LoadedCase:
     clocks: dict[tuple[str, int], datetime] = field(default_factory=dict)
     last_message_at: dict[int, datetime] = field(default_factory=dict)
     merged_into: dict[int, int] = field(default_factory=dict)
+    closed_at: dict[int, datetime] = field(default_factory=dict)
+    inbox_of: dict[int, int] = field(default_factory=dict)
     touched: set[tuple[str, int]] = field(default_factory=set)
 
     def clock_of_conversation(self, conversation_id: int) -> datetime:
@@ -59,6 +61,7 @@ class LoadedCase:
 _CONVERSATION_COLUMNS = (
     Conversation.id,
     Conversation.account_id,
+    Conversation.inbox_id,
     Conversation.status,
     Conversation.owner_id,
     Conversation.location,
@@ -67,6 +70,7 @@ _CONVERSATION_COLUMNS = (
     Conversation.last_change_at,
     Conversation.last_message_at,
     Conversation.merged_into,
+    Conversation.closed_at,
 )
 _TICKET_COLUMNS = (
     Ticket.id,
@@ -135,6 +139,8 @@ def _loaded(
     clocks: dict[tuple[str, int], datetime] = {}
     last_message_at: dict[int, datetime] = {}
     merged_into: dict[int, int] = {}
+    closed_at: dict[int, datetime] = {}
+    inbox_of: dict[int, int] = {}
     for t in ticket_rows:
         case.tickets[t.id] = TicketState(
             id=t.id,
@@ -159,6 +165,9 @@ def _loaded(
         last_message_at[cv.id] = cv.last_message_at
         if cv.merged_into is not None:
             merged_into[cv.id] = cv.merged_into
+        if cv.closed_at is not None:
+            closed_at[cv.id] = cv.closed_at
+        inbox_of[cv.id] = cv.inbox_id
     return LoadedCase(
         case=case,
         before=_copy(case) if snapshot else Case(),
@@ -167,6 +176,8 @@ def _loaded(
         clocks=clocks,
         last_message_at=last_message_at,
         merged_into=merged_into,
+        closed_at=closed_at,
+        inbox_of=inbox_of,
     )
 
 
@@ -184,6 +195,8 @@ def combined(a: LoadedCase, b: LoadedCase) -> LoadedCase:
         clocks={**a.clocks, **b.clocks},
         last_message_at={**a.last_message_at, **b.last_message_at},
         merged_into={**a.merged_into, **b.merged_into},
+        closed_at={**a.closed_at, **b.closed_at},
+        inbox_of={**a.inbox_of, **b.inbox_of},
     )
 
 
@@ -201,6 +214,8 @@ def save_case(session: Session, loaded: LoadedCase, occurred_at: datetime) -> No
     now = datetime.now(UTC)
     for cid, conv in loaded.case.conversations.items():
         values = _diff(loaded.before.conversations.get(cid), conv, _CONV_FIELDS, now)
+        if "status" in values:  # when it was closed: a chat's reopen window counts from it
+            values["closed_at"] = occurred_at if conv.status == "closed" else None
         if values or ("conversation", cid) in loaded.touched:
             values["last_change_at"] = max(occurred_at, loaded.last_change_at)
             session.execute(update(Conversation).where(Conversation.id == cid).values(**values))

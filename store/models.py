@@ -90,7 +90,9 @@ class Contact(Base):
     __tablename__ = "contacts"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # An address, an E.164 phone number, or a provider's handle ("slack:U024BE7LH").
     handle: Mapped[str] = mapped_column(String(320))
+    name: Mapped[str | None] = mapped_column(String(200))  # as first seen
     __table_args__ = (UniqueConstraint("account_id", "handle"),)
 
 
@@ -132,6 +134,9 @@ class Conversation(Base):
     # Set when a message showed this conversation to be part of another one's thread: its
     # messages moved there (handlers/threading.py); ``removed_by`` is then ``merged:<id>``.
     merged_into: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    # When it was last closed (None while open): a chat closed longer than
+    # ``chat_reopen_days`` is not reopened by a new message; a new conversation starts.
+    closed_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     # When the newest message reached inboxsync (our clock; a sender's Date is only displayed).
     last_message_at: Mapped[datetime]
@@ -246,6 +251,10 @@ class Message(Base):
     headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # An auto-reply or a bounce: recorded, but it never reopens anything (see handlers/ingest.py).
     automatic: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Chat: the provider's time of the last edit applied (edits apply in that order), and when
+    # the sender deleted it (its text is then gone; message_revisions keeps that it happened).
+    edited_at: Mapped[datetime | None]
+    deleted_at: Mapped[datetime | None]
     __table_args__ = (
         UniqueConstraint("inbox_id", "external_id"),
         # Only mail has a provider id apart from its external id: a partial index keeps the
@@ -258,6 +267,42 @@ class Message(Base):
             sqlite_where=sql_text("provider_id IS NOT NULL"),
         ),
     )
+
+
+class MessageRevision(Base):
+    """An edit or deletion of a message, as its provider announced it: the audit trail, and the
+    identity that makes applying it idempotent (``(inbox_id, event_id)``). ``previous_text`` is
+    what an edit replaced (a deletion keeps no text). A revision of a message not stored yet waits
+    here (``applied`` false) and is applied when the message arrives."""
+
+    __tablename__ = "message_revisions"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id"))
+    external_id: Mapped[str] = mapped_column(String(500))
+    event_id: Mapped[str] = mapped_column(String(500))
+    deleted: Mapped[bool] = mapped_column(default=False)
+    text: Mapped[str | None] = mapped_column(Text)
+    previous_text: Mapped[str | None] = mapped_column(Text)
+    edited_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    applied: Mapped[bool] = mapped_column(default=False)
+    __table_args__ = (
+        UniqueConstraint("inbox_id", "event_id"),
+        Index("ix_message_revisions_target", "inbox_id", "external_id"),
+    )
+
+
+class ProviderStatus(Base):
+    """What a chat provider last said about a message we sent (delivered, read, failed), by the
+    id it gave it. Kept apart from ``replies`` so a callback that arrives before the worker has
+    recorded that id is not lost; shown with the reply."""
+
+    __tablename__ = "provider_statuses"
+    inbox_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    provider_message_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    state: Mapped[str] = mapped_column(String(10))
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime]
 
 
 class Reply(Base):

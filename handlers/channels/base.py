@@ -15,14 +15,14 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
-from schemas.inbound import InboundMessage
+from schemas.inbound import Normalized
 
 
 class WebhookError(Exception):
@@ -73,6 +73,10 @@ class Accepted:
 
     payloads: list[dict[str, Any]] = field(default_factory=list)
     reply: Any = None
+    # A handshake answered in plain text (WhatsApp's hub.challenge), instead of ``reply``'s JSON.
+    reply_text: str | None = None
+    # The status to answer with, where a provider insists (Slack wants 200); default 202/200.
+    status: int | None = None
     # A one-time token of the request (Mailgun's): the journal stores a request with a token it
     # has seen within the signature window only once, so a replay is answered but changes nothing.
     replay_key: str | None = None
@@ -81,6 +85,9 @@ class Accepted:
 class ChannelAdapter(Protocol):
     name: str
     channels: frozenset[str]
+    # The HTTP methods its webhook takes (the ingress answers 405 to others): POST, and GET for
+    # providers that verify a subscription with a GET handshake (WhatsApp Cloud). Optional:
+    # ``methods_of`` reads it, POST when absent.
     # True if verify/accept may wait on the network: the ingress then runs them in a thread
     # instead of on its event loop.
     blocking: bool
@@ -91,7 +98,12 @@ class ChannelAdapter(Protocol):
 
     def normalize(
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
-    ) -> list[InboundMessage]: ...
+    ) -> Sequence[Normalized]: ...
+
+
+def methods_of(adapter: Any) -> frozenset[str]:
+    methods: frozenset[str] = getattr(adapter, "methods", frozenset({"POST"}))
+    return methods
 
 
 def constant_time_equal(a: str, b: str) -> bool:

@@ -23,7 +23,6 @@ import requests
 
 from handlers import netguard
 from handlers.outbound import transport
-from schemas.outbound import OutboundMail
 
 Outcome = Literal["retry", "uncertain", "permanent"]
 
@@ -42,9 +41,15 @@ class LookupUnsupported(Exception):
 class Sender(Protocol):
     via: str
 
-    def send(self, mail: OutboundMail, config: Any) -> str: ...
+    def send(self, mail: Any, config: Any) -> str:
+        """Send (an ``OutboundMail``, or an ``OutboundChat`` for chat providers); the
+        provider's id of what it accepted."""
+        ...
 
-    def find(self, mail: OutboundMail, config: Any) -> str | None: ...
+    def find(self, mail: Any, config: Any) -> str | None:
+        """The provider's id of this reply if it has it (after an attempt with no answer), or
+        None; ``LookupUnsupported`` if it cannot be asked."""
+        ...
 
 
 _local = threading.local()

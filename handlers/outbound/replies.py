@@ -35,8 +35,9 @@ from sqlalchemy.orm import Session
 from handlers.channels.base import describe
 from handlers.outbound import SENDERS
 from handlers.outbound.base import LookupUnsupported, Outcome, SendFailed
+from handlers.outbound.chat import compose_chat
 from handlers.outbound.compose import compose
-from schemas.outbound import OutboundConfig, OutboundMail, ReplyIn
+from schemas.outbound import MAIL_VIAS, OutboundChat, OutboundConfig, OutboundMail, ReplyIn
 from settings import Settings, get_settings
 from store import threads
 from store.db import reading, transaction
@@ -141,6 +142,8 @@ def _insert(
     inbox = session.get(Inbox, conv.inbox_id)
     assert inbox is not None
     config = parse_config(inbox.outbound)
+    if config.via not in MAIL_VIAS:
+        return _insert_chat(session, conv, inbox, config, body, reply_key, digest, now)
     mail = compose(
         reply_key=reply_key,
         conversation_id=conversation_id,
@@ -191,8 +194,68 @@ def _insert(
     return reply.id
 
 
+def _insert_chat(
+    session: Session,
+    conv: Conversation,
+    inbox: Inbox,
+    config: Any,
+    body: ReplyIn,
+    reply_key: str,
+    digest: str,
+    now: datetime,
+) -> int:
+    """A chat reply: the outbound message and its ``Reply``, like a mail's."""
+    chat = compose_chat(
+        reply_key=reply_key,
+        answered=_newest_customer(session, conv.id, "chat"),
+        body=body,
+        now=now,
+    )
+    kept = chat.model_dump(mode="json")
+    message = Message(
+        inbox_id=inbox.id,
+        conversation_id=conv.id,
+        external_id=f"out:{chat.client_id}",
+        direction="outbound",
+        sender=config.via,
+        text=chat.text,
+        sent_at=now,
+        received_at=now,
+        stored_at=now,
+        headers={"chat": {"outbound": kept}},
+        automatic=False,
+    )
+    session.add(message)
+    session.flush()
+    reply = Reply(
+        key=reply_key,
+        request_sha256=digest,
+        account_id=conv.account_id,
+        inbox_id=inbox.id,
+        conversation_id=conv.id,
+        message_id=message.id,
+        via=config.via,
+        rfc_message_id=chat.client_id,
+        mail=kept,
+        state="queued",
+        attempts=0,
+        attempts_left=get_settings().outbound_max_attempts,
+        uncertain=False,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(reply)
+    session.flush()
+    return reply.id
+
+
 def _newest_customer_mail(session: Session, conversation_id: int) -> dict[str, Any] | None:
-    """The parsed form of the customer's newest mail that is not an auto-reply or a bounce."""
+    return _newest_customer(session, conversation_id, "email")
+
+
+def _newest_customer(session: Session, conversation_id: int, kind: str) -> dict[str, Any] | None:
+    """What the channel kept (``headers[kind]``) of the customer's newest message that is not
+    an auto-reply or a bounce."""
     rows = session.execute(
         select(Message.headers)
         .where(
@@ -204,8 +267,8 @@ def _newest_customer_mail(session: Session, conversation_id: int) -> dict[str, A
         .limit(20)
     ).scalars()
     for headers in rows:
-        if isinstance(headers, dict) and isinstance(headers.get("email"), dict):
-            return headers["email"]  # type: ignore[no-any-return]
+        if isinstance(headers, dict) and isinstance(headers.get(kind), dict):
+            return headers[kind]  # type: ignore[no-any-return]
     return None
 
 
@@ -238,8 +301,12 @@ def attempt(reply_id: int, *, now: datetime | None = None) -> Attempted:
         return _not_due(reply_id, now)
     number, left, uncertain, mail_json, raw_config = claimed
     try:
-        mail = OutboundMail.model_validate(mail_json)
         config = parse_config(raw_config)
+        mail: OutboundMail | OutboundChat = (
+            OutboundMail.model_validate(mail_json)
+            if config.via in MAIL_VIAS
+            else OutboundChat.model_validate(mail_json)
+        )
         provider_id = _deliver(mail, config, uncertain)
     except SendFailed as exc:
         return _failed_attempt(reply_id, number, left, exc, now, settings)
@@ -262,7 +329,7 @@ def attempt(reply_id: int, *, now: datetime | None = None) -> Attempted:
     return Attempted("sent")
 
 
-def _deliver(mail: OutboundMail, config: Any, uncertain: bool) -> str:
+def _deliver(mail: OutboundMail | OutboundChat, config: Any, uncertain: bool) -> str:
     sender = SENDERS[config.via]
     if uncertain:
         try:
