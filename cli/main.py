@@ -134,7 +134,8 @@ def ingest(
     from handlers.journal import delivery
 
     adapter = adapter_for(provider)
-    content_type = "message/rfc822" if provider == "rfc822" else "application/json"
+    # What the provider posts: an adapter says so when it is not JSON (a raw mail, a form).
+    content_type = getattr(adapter, "saved_content_type", "application/json")
     pending: list[dict[str, Any]] = []
     queued = refused = 0
     with Progress() as progress:

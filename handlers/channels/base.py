@@ -87,7 +87,8 @@ class ChannelAdapter(Protocol):
     channels: frozenset[str]
     # The HTTP methods its webhook takes (the ingress answers 405 to others): POST, and GET for
     # providers that verify a subscription with a GET handshake (WhatsApp Cloud). Optional:
-    # ``methods_of`` reads it, POST when absent.
+    # ``methods_of`` reads it, POST when absent. Also optional: ``saved_content_type``, the
+    # content type ``inboxsync ingest`` gives a saved payload (default application/json).
     # True if verify/accept may wait on the network: the ingress then runs them in a thread
     # instead of on its event loop.
     blocking: bool

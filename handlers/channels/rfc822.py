@@ -30,6 +30,7 @@ CONTENT_TYPES = ("message/rfc822", "application/octet-stream", "text/plain")
 class Rfc822Adapter:
     name = "rfc822"
     channels = frozenset({"email"})
+    saved_content_type = "message/rfc822"  # what `inboxsync ingest` posts a saved file as
     blocking = False
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
