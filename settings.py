@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # broker message was lost); the ingress checks every sweep_interval_s.
     sweep_after_s: float = 120.0
     sweep_interval_s: float = 15.0
+    # Whether this process takes part in the periodic work (workers/periodic.py: one process of
+    # the deployment does each round, whichever holds the store's lease).
+    scheduler: bool = True
 
     # FastAPI's OpenTelemetry instrumentation (configured by the standard OTEL_* variables).
     telemetry: bool = False

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,75 +23,22 @@ from api import (
     resources,
     webhooks,
 )
-from handlers import edits, journal, pipeline
-from handlers.outbound import replies as outbound_replies
+from handlers import journal
 from settings import Settings, get_settings
+from workers import periodic, publish
 
 log = logging.getLogger(__name__)
-
-
-def publish_ids(delivery_ids: list[int]) -> None:
-    from workers.app import app
-
-    app.send_task(
-        pipeline.INGEST_TASK,
-        args=[delivery_ids],
-        queue="ingest",
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-    )
 
 
 def enqueue(deliveries: list[dict[str, Any]]) -> list[int | None]:
     """Journal a batch of deliveries in the store, then put one message with their ids on the
     broker; the id of each (None: a replay, journaled before). Either failing fails every request
-    of the batch (503); a journaled batch whose publish failed is enqueued again by the sweeper,
-    and the providers' retries dedupe."""
+    of the batch (503); a journaled batch whose publish failed is enqueued again by the periodic
+    round (workers/periodic.py), and the providers' retries dedupe."""
     ids = journal.journal(deliveries)
     if kept := [i for i in ids if i is not None]:
-        publish_ids(kept)
+        publish.ingest(kept)
     return ids
-
-
-def publish_replies(reply_ids: list[int]) -> None:
-    from workers.tasks import enqueue_reply
-
-    for reply_id in reply_ids:
-        enqueue_reply(reply_id)
-
-
-async def sweep_forever(settings: Settings) -> None:
-    """Re-enqueue journaled deliveries and pending changes whose broker message was lost (see
-    handlers/journal.py), and replies that are due but not on the broker or whose worker died
-    (see replies.sweep)."""
-    while True:
-        await asyncio.sleep(settings.sweep_interval_s)
-        try:
-            await run_in_threadpool(sweep_once, settings)
-        except Exception:
-            log.exception("sweep failed; trying again in %s s", settings.sweep_interval_s)
-
-
-def sweep_once(settings: Settings) -> None:
-    from api.changes import publish
-
-    journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
-    page = 1000  # a full page means there may be more; a short one ends the pass
-    while ids := journal.sweep(settings.sweep_after_s, limit=page):
-        for start in range(0, len(ids), settings.ingest_batch_max):
-            publish_ids(ids[start : start + settings.ingest_batch_max])
-        log.warning("re-enqueued %d deliveries whose broker message was lost", len(ids))
-        if len(ids) < page:
-            break
-    while lost := journal.sweep_changes(settings.sweep_after_s, limit=page):
-        for queue, envelope in lost:
-            publish(envelope, queue)
-        log.warning("re-enqueued %d changes whose broker message was lost", len(lost))
-        if len(lost) < page:
-            break
-    if due := outbound_replies.sweep():
-        publish_replies(due)
-    edits.sweep()  # an edit that raced its message's transaction
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -105,11 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_items=settings.ingest_batch_max,
             window_s=settings.ingest_batch_window_ms / 1000,
         )
-        sweeper = asyncio.create_task(sweep_forever(settings))
+        # The periodic work runs here too (and in workers): the store's lease picks one process.
+        scheduler = periodic.Scheduler(settings).start() if settings.scheduler else None
         yield
-        sweeper.cancel()
-        with suppress(asyncio.CancelledError):
-            await sweeper
+        if scheduler is not None:
+            await run_in_threadpool(scheduler.stop)
         app.state.batcher.close()
 
     app = FastAPI(

@@ -30,6 +30,7 @@ from schemas.api import ChangeOut
 from settings import get_settings
 from store.db import reading
 from store.models import Change, Conversation, DeadLetter, PendingChange, Ticket
+from workers import publish as workers_publish
 
 
 def change_id_for(account_id: int, key: str | None, given: str | None) -> str:
@@ -68,15 +69,7 @@ def _lookup(change_id: str) -> Found:
 
 
 def publish(envelope: dict[str, Any], queue: str) -> None:
-    from workers.app import app
-
-    app.send_task(
-        pipeline.APPLY_TASK,
-        args=[envelope],
-        queue=queue,
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-    )
+    workers_publish.change(envelope, queue)
 
 
 def placed_at(given: datetime | None, arrival: datetime) -> tuple[datetime, list[str]]:

@@ -33,10 +33,10 @@ IdempotencyKey = Annotated[
 
 
 def _publish(reply_id: int) -> None:
-    from workers.tasks import enqueue_reply
+    from workers import publish
 
     try:
-        enqueue_reply(reply_id)
+        publish.reply(reply_id)
     except Exception:  # the reply is stored; the sweeper enqueues it (replies.sweep)
         log.warning("could not enqueue reply %s now; the sweeper will", reply_id, exc_info=True)
 

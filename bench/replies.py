@@ -28,7 +28,7 @@ def main(n: int, threads: int = 8) -> None:
     from store.db import transaction
     from store.models import Account, Inbox
     from tests.fakeproviders import POSTMARK_TOKEN, FakeProviders
-    from workers.tasks import enqueue_reply
+    from workers import publish
 
     fake = FakeProviders()
     with transaction() as session:
@@ -83,7 +83,7 @@ def main(n: int, threads: int = 8) -> None:
     )
     try:
         # Warm: the worker is up and has sent one reply before the clock starts.
-        enqueue_reply(ids[0])
+        publish.reply(ids[0])
         deadline = time.monotonic() + 60
         while _sent([ids[0]]) < 1:
             if time.monotonic() > deadline:
@@ -92,7 +92,7 @@ def main(n: int, threads: int = 8) -> None:
         ids = ids[1:]
         n -= 1
         for reply_id in ids:
-            enqueue_reply(reply_id)
+            publish.reply(reply_id)
         started = time.perf_counter()
         while True:
             sent = _sent(ids)

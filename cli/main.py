@@ -57,6 +57,22 @@ def worker(
 
 
 @app.command()
+def scheduler() -> None:
+    """Run the periodic work in the foreground (it also runs in every serve and worker process;
+    one process of the deployment does each round, whichever holds the store's lease)."""
+    from workers.periodic import Scheduler
+
+    runner = Scheduler()
+    typer.echo(f"periodic work every {runner.settings.sweep_interval_s:g} s as {runner.holder}")
+    try:
+        runner.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()
+
+
+@app.command()
 def migrate() -> None:
     """Bring the store's schema to the newest version."""
     from store.migrate import upgrade
@@ -206,7 +222,7 @@ def reply(
     from handlers.outbound import replies
     from handlers.outbound.compose import ComposeError
     from schemas.outbound import ReplyIn
-    from workers.tasks import enqueue_reply
+    from workers import publish
 
     body_text = text_file.read_text() if text_file else text
     try:
@@ -225,7 +241,7 @@ def reply(
     except (ValidationError, ComposeError, replies.ReplyRefused, replies.ReplyNotFound) as exc:
         _fail(str(exc))
     if created:
-        enqueue_reply(reply_id)
+        publish.reply(reply_id)
     typer.echo(f"reply {reply_id} {'queued' if created else 'already queued'}")
     _follow(reply_id, wait)
 
@@ -234,13 +250,13 @@ def reply(
 def resend(reply_id: int, wait: float = 30) -> None:
     """Queue a failed reply again (same mail, same Message-ID)."""
     from handlers.outbound import replies
-    from workers.tasks import enqueue_reply
+    from workers import publish
 
     try:
         replies.resend(reply_id, account_id=None)
     except (replies.ReplyRefused, replies.ReplyNotFound) as exc:
         _fail(str(exc))
-    enqueue_reply(reply_id)
+    publish.reply(reply_id)
     _follow(reply_id, wait)
 
 

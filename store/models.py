@@ -228,6 +228,16 @@ class WebhookToken(Base):
     seen_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class Lease(Base):
+    """One holder of a name at a time (store/lease.py): who runs the periodic work."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+    rounds: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class Message(Base):
     """One message. Three times, one meaning each: ``sent_at`` is what the sender claims (shown,
     never trusted for order); ``received_at`` is when the ingress accepted it; ``stored_at`` is

@@ -46,6 +46,10 @@ os.environ.setdefault("INBOXSYNC_API_WAIT_TIMEOUT_S", "20")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_RETRY_BASE_S", "0.2")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_LOOKUP_AFTER_S", "0")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_SWEEP_GRACE_S", "0")
+# The periodic work (workers/periodic.py) runs in every process of a test, the lease picks one:
+# all of them must sweep quickly, the in-process app and the worker processes alike.
+os.environ.setdefault("INBOXSYNC_SWEEP_INTERVAL_S", "1")
+os.environ.setdefault("INBOXSYNC_SWEEP_AFTER_S", "5")
 # The fake providers listen on loopback, which workers refuse by default (handlers/netguard.py).
 os.environ.setdefault("INBOXSYNC_OUTBOUND_ALLOW_PRIVATE", "true")
 

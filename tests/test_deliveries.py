@@ -51,8 +51,8 @@ def test_a_delivery_the_worker_cannot_read_is_dead_with_its_reason(client):
 
     [did] = journal.journal([journal.delivery(acct["inbox"], "generic", {"text": "no sender"})])
     assert did is not None
-    from api.app import publish_ids
+    from workers import publish
 
-    publish_ids([did])
+    publish.ingest([did])
     dead = eventually(lambda: (d := delivery(client, acct, did))["state"] == "dead" and d)
     assert "sender" in dead["error"]

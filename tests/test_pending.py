@@ -74,8 +74,8 @@ def test_a_pending_write_answers_pending_at_its_location_and_a_retry_publishes_n
 def test_a_pending_write_whose_broker_message_was_lost_is_published_again(idle_client):
     """The API journals a write before it publishes (handlers/journal.py): the sweeper
     publishes it again, and once a worker runs it is applied once."""
-    from api.app import sweep_once
     from workers.app import app
+    from workers.periodic import round_once
 
     acct = setup_account(idle_client)
     conv = conversation(acct["inbox"], "t1")
@@ -85,5 +85,5 @@ def test_a_pending_write_whose_broker_message_was_lost_is_published_again(idle_c
     with app.connection_for_write() as conn:  # the broker loses it (a restart, say)
         conn.default_channel.queue_purge("inbox")
     settings = get_settings().model_copy(update={"sweep_after_s": -1})
-    sweep_once(settings)
+    round_once(settings)
     assert queued("inbox") == 1 and before >= 0

@@ -92,14 +92,14 @@ def test_killed_worker_loses_and_doubles_nothing(client: TestClient) -> None:
 
 def queued_batches(client: TestClient, inbox: int, batches: int, size: int) -> list[int]:
     """``batches`` ingest messages of ``size`` journaled deliveries each, on the broker."""
-    from api.app import publish_ids
     from handlers import journal
+    from workers import publish
 
     ids = []
     for b in range(batches):
         payloads = [message(f"b{b}-{i}", thread=f"t{b}-{i}") for i in range(size)]
         made = journal.journal([journal.delivery(inbox, "generic", p) for p in payloads])
-        publish_ids([i for i in made if i is not None])
+        publish.ingest([i for i in made if i is not None])
         ids += [i for i in made if i is not None]
     return ids
 

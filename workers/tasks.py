@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from handlers import deadletters, pipeline
 from handlers.outbound import replies
 from settings import get_settings
-from workers import coalesce
+from workers import coalesce, publish
 from workers.app import app
 
 TRANSIENT = (*pipeline.TRANSIENT_DB_ERRORS, BrokerOperationalError, ConnectionError)
@@ -71,16 +71,5 @@ def apply_change(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
 def send_reply(self: Task, reply_id: int) -> str:
     done = replies.attempt(reply_id)
     if done.outcome == "retry":
-        enqueue_reply(reply_id, countdown_s=done.retry_in_s)
+        publish.reply(reply_id, countdown_s=done.retry_in_s)
     return done.outcome
-
-
-def enqueue_reply(reply_id: int, countdown_s: float | None = None) -> None:
-    """Put a reply's attempt on the broker (lost ones are found again by replies.sweep)."""
-    send_reply.apply_async(
-        (reply_id,),
-        countdown=countdown_s,
-        queue="outbound",
-        retry=True,
-        retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
-    )

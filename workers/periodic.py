@@ -1,0 +1,102 @@
+"""Periodic work, once per deployment however many processes run.
+
+Each round: publish again what was journaled but whose broker message was lost (deliveries,
+pending API changes: handlers/journal.py), recover replies whose worker died mid-send or whose
+task was lost (handlers/outbound/replies.py ``sweep``), forget one-time webhook tokens older
+than the signature window, and apply edits that raced their message (handlers/edits.py).
+
+A ``Scheduler`` runs in every ``inboxsync serve`` and ``inboxsync worker`` process (and in
+``inboxsync scheduler``, for those who want it apart): before each round it takes the store's
+lease ``periodic`` (store/lease.py), so one process does the round and the others skip it. When
+that process stops or dies, its lease runs out (three intervals) and another one takes over: no
+recovery depends on the HTTP service running, and two HTTP processes no longer sweep twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from handlers import edits, journal
+from handlers.outbound import replies
+from settings import Settings, get_settings
+from store import lease
+from workers import publish
+
+log = logging.getLogger(__name__)
+LEASE = "periodic"
+PAGE = 1000  # a full page means there may be more; a short one ends the pass
+
+
+def round_once(settings: Settings) -> dict[str, int]:
+    """One round of the periodic work; what it did, by kind."""
+    done = {"deliveries": 0, "changes": 0, "replies": 0, "tokens": 0, "edits": 0}
+    done["tokens"] = journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
+    while ids := journal.sweep(settings.sweep_after_s, limit=PAGE):
+        for start in range(0, len(ids), settings.ingest_batch_max):
+            publish.ingest(ids[start : start + settings.ingest_batch_max])
+        done["deliveries"] += len(ids)
+        if len(ids) < PAGE:
+            break
+    while lost := journal.sweep_changes(settings.sweep_after_s, limit=PAGE):
+        for queue, envelope in lost:
+            publish.change(envelope, queue)
+        done["changes"] += len(lost)
+        if len(lost) < PAGE:
+            break
+    for reply_id in replies.sweep():
+        publish.reply(reply_id)
+        done["replies"] += 1
+    done["edits"] = edits.sweep()
+    if done["deliveries"] or done["changes"]:
+        log.warning(
+            "re-enqueued %d deliveries and %d changes whose broker message was lost",
+            done["deliveries"],
+            done["changes"],
+        )
+    return done
+
+
+class Scheduler:
+    """Rounds every ``sweep_interval_s`` in a daemon thread, under the store's lease."""
+
+    def __init__(self, settings: Settings | None = None, holder: str | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Scheduler:
+        self._thread = threading.Thread(target=self.run, name="periodic", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        interval = self.settings.sweep_interval_s
+        while not self._stop.wait(interval):
+            self.tick()
+
+    def tick(self) -> bool:
+        """One turn: a round if this process holds the lease; whether it did one."""
+        try:
+            if not lease.acquire(LEASE, self.holder, ttl_s=3 * self.settings.sweep_interval_s):
+                return False
+            round_once(self.settings)
+            return True
+        except Exception:  # the store or the broker is away: the next turn tries again
+            log.exception(
+                "periodic round failed; trying again in %s s", self.settings.sweep_interval_s
+            )
+            return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            lease.release(LEASE, self.holder)
+        except Exception:
+            log.warning("could not release the periodic lease; it runs out by itself")

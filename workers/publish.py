@@ -1,0 +1,41 @@
+"""Putting work on the broker: the one place that names tasks and queues for publishers (the
+HTTP service, the CLI, the periodic sweeps). Each publish retries briefly on a broker hiccup and
+raises if the broker stays away; what was journaled in the store first is found again by the
+periodic sweeps (handlers/periodic.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.pipeline import APPLY_TASK, INGEST_TASK
+
+_RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+
+
+def ingest(delivery_ids: list[int]) -> None:
+    """One ``ingest_batch`` message carrying these journaled deliveries."""
+    from workers.app import app
+
+    app.send_task(INGEST_TASK, args=[delivery_ids], queue="ingest", retry=True, retry_policy=_RETRY)
+
+
+def change(envelope: dict[str, Any], queue: str) -> None:
+    """One ``apply_change`` message, on the queue R1/R2 route its case to."""
+    from workers.app import app
+
+    app.send_task(APPLY_TASK, args=[envelope], queue=queue, retry=True, retry_policy=_RETRY)
+
+
+def reply(reply_id: int, countdown_s: float | None = None) -> None:
+    """One ``send_reply`` attempt, now or in ``countdown_s``."""
+    from handlers.outbound.replies import SEND_TASK
+    from workers.app import app
+
+    app.send_task(
+        SEND_TASK,
+        args=[reply_id],
+        countdown=countdown_s,
+        queue="outbound",
+        retry=True,
+        retry_policy=_RETRY,
+    )
