@@ -25,7 +25,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy workers handlers schemas store api cli settings.py celeryconfig.py
+	$(BIN)/mypy workers handlers schemas store api cli settings.py celeryconfig.py version.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -14,6 +14,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TIERS = ("free", "starter", "professional", "enterprise")
+# The admin token a fresh install has: fine on loopback, refused by `serve` anywhere else.
+DEFAULT_ADMIN_TOKEN = "dev-admin-token"
 
 
 class Settings(BaseSettings):
@@ -41,7 +43,9 @@ class Settings(BaseSettings):
     helpdesk_tiers: frozenset[str] = frozenset({"professional", "enterprise"})
 
     admin_token: str = Field(
-        default="dev-admin-token", description="Bearer token of the admin API."
+        default=DEFAULT_ADMIN_TOKEN,
+        min_length=12,  # an empty or short admin token is a door left open
+        description="Bearer token of the admin API.",
     )
     webhook_tolerance_seconds: int = 300
     # Amazon SNS: where signing certificates may come from (host names, regular expressions),

@@ -17,6 +17,7 @@ from api import (
     contacts,
     deliveries,
     errors,
+    health,
     limits,
     messages,
     replies,
@@ -25,6 +26,7 @@ from api import (
 )
 from handlers import journal
 from settings import Settings, get_settings
+from version import version
 from workers import periodic, publish
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="inboxsync",
-        version="0.1.0",
+        version=version(),
         summary="Support-inbox webhooks in, conversations and tickets out, kept in sync.",
         lifespan=lifespan,
         # FastAPI's built-in OpenTelemetry costs ~15 % of a webhook request even with no exporter;
@@ -86,8 +88,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(contacts.router)
     app.include_router(deliveries.router)
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health.router)
     return app

@@ -99,6 +99,9 @@ def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
         sqlstate = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
         log.warning("the store refused a value of the request (%s)", sqlstate)
         return 422, body("invalid_request", "a value of this request cannot be stored"), {}
+    if schema_behind(exc):
+        message = "the store's schema is not at the newest version: run `inboxsync migrate`"
+        return 503, body("schema_not_at_head", message), {"Retry-After": "30"}
     if isinstance(exc, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
         log.warning("queue or store unavailable: %s", exc)
         message = "the queue or the store is unavailable; nothing was accepted, retry"
@@ -111,6 +114,18 @@ def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
     log.exception("unexpected error", exc_info=exc)
     message = f"{type(exc).__name__}; nothing was changed by this request"
     return 500, body("internal_error", message), {}
+
+
+def schema_behind(exc: Exception) -> bool:
+    """A table or column this code uses is missing: the store was not migrated."""
+    if isinstance(exc, sa_exc.ProgrammingError):
+        return getattr(exc.orig, "sqlstate", None) in ("42P01", "42703")  # undefined table/column
+    if isinstance(exc, sa_exc.OperationalError):
+        text = str(exc.orig)  # SQLite: "no such table: x", "table x has no column named y"
+        return text.startswith(("no such table", "no such column")) or (
+            text.startswith("table ") and " has no column" in text
+        )
+    return False
 
 
 def install(app: FastAPI) -> None:
@@ -128,6 +143,7 @@ def install(app: FastAPI) -> None:
         admin.AdminError,
         BrokerError,
         sa_exc.DataError,
+        sa_exc.ProgrammingError,
         sa_exc.OperationalError,
         sa_exc.InterfaceError,
         StarletteHTTPException,

@@ -18,7 +18,46 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from version import version
+
+        typer.echo(f"inboxsync {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """inboxsync: support-inbox webhooks in, conversations and tickets out, kept in sync."""
+
+
+def main() -> None:
+    """The ``inboxsync`` command: a known configuration, connection or permission problem is one
+    line that names the setting and the fix (cli/errors.py), never a traceback."""
+    from cli.errors import explain
+
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        explained = explain(exc)
+        if explained is None:
+            raise
+        message, code = explained
+        typer.echo(f"inboxsync: {message}", err=True)
+        sys.exit(code)
+
 
 ALL_QUEUES = "ingest,inbox,helpdesk,outbound,bulk"
 
@@ -33,8 +72,17 @@ def serve(
     """Run the HTTP service (webhook ingress and API)."""
     import uvicorn
 
+    from settings import DEFAULT_ADMIN_TOKEN, get_settings
+
+    if get_settings().admin_token == DEFAULT_ADMIN_TOKEN and not _loopback(host):
+        _fail(
+            f"refusing to serve on {host} with the default admin token: set "
+            "INBOXSYNC_ADMIN_TOKEN to a secret of your own (or serve on 127.0.0.1)"
+        )
     if migrate_first:
         migrate()
+    else:
+        _preflight(broker=False)
     uvicorn.run(
         "api.main:app", host=host, port=port, workers=workers, log_level="warning", access_log=False
     )
@@ -48,6 +96,7 @@ def worker(
     loglevel: str = "info",
 ) -> None:
     """Run a Celery worker with the project's configuration (celeryconfig.py)."""
+    _preflight(broker=True)
     from workers.app import app as celery_app
 
     argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel]
@@ -70,6 +119,37 @@ def scheduler() -> None:
         pass
     finally:
         runner.stop()
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _preflight(*, broker: bool) -> None:
+    """Fail at start, in one line, on what would otherwise fail every task later: the store
+    unreachable or not migrated, the broker unreachable."""
+    from api.health import schema_problem
+
+    if problem := schema_problem():
+        from sqlalchemy import text
+
+        from store.db import engine
+
+        with engine().connect() as conn:  # an unreachable store raises here, and is explained
+            conn.execute(text("SELECT 1"))
+        _fail(f"the store is not ready: {problem}")
+    if broker:
+        from workers.app import app as celery_app
+
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
 
 
 @app.command()
@@ -347,4 +427,4 @@ def create_token(account_id: int, name: str = "cli") -> None:
 
 
 if __name__ == "__main__":
-    app()
+    main()
