@@ -10,6 +10,9 @@ provider would. Measures, on Redis + PostgreSQL:
   worker processes; and ingest messages left on the broker once all is stored;
 - email end to end: a shuffled corpus of generated threads (tests/threadcorpus.py) through the
   raw-mail webhook: mails/s, and conversations counted against threads;
+- chat (bench/chat.py): per chat provider, signed as it signs, from many contacts: accepted
+  webhooks/s at the ingress alone and stored messages/s end to end, beside the generic
+  provider's figures taken the same way;
 - latency: accepted → committed (each delivery's ``received_at`` → ``processed_at``) at a steady
   offered rate, p50 / p99;
 - reading: a 50-row page of ``GET /conversations`` with a million messages stored, p50 / p99;
@@ -42,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import harness, reading  # noqa: E402
+from bench import chat, harness, reading  # noqa: E402
 from bench.harness import Pipeline, cpu_line, cpu_snapshot, generic_requests, wait_stored  # noqa: E402
 
 Row = tuple[str, str, str]
@@ -240,6 +243,7 @@ def on_redis_and_postgres(
                     p, 2, args.n, "2 worker processes, Redis + PostgreSQL", report
                 ),
                 "email": lambda: measure_email(p, args.threads, report),
+                "chat": lambda: chat.measure(p, args.chat_n, report),
                 "latency": lambda: measure_latency(p, args.rate, args.seconds, report),
                 "reading": lambda: reading.measure(p, args.read_messages, report),
                 "scripts": lambda: measure_scripts(env, args, report),
@@ -273,6 +277,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20000, help="webhooks per measurement")
     parser.add_argument("--embedded-n", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=1000, help="email threads end to end")
+    parser.add_argument("--chat-n", type=int, default=5000, help="chat: webhooks per provider")
     parser.add_argument("--rate", type=float, default=1000, help="latency: offered msgs/s")
     parser.add_argument("--seconds", type=float, default=15, help="latency: how long")
     parser.add_argument("--read-messages", type=int, default=1_000_000)
@@ -284,8 +289,8 @@ def main() -> None:
         "--only",
         nargs="*",
         default=[],
-        help="run only these Redis + PostgreSQL steps: ingress drain e2e1 e2e2 email latency "
-        "reading scripts (no embedded run, no results.md)",
+        help="run only these Redis + PostgreSQL steps: ingress drain e2e1 e2e2 email chat "
+        "latency reading scripts (no embedded run, no results.md)",
     )
     args = parser.parse_args()
     args.profile = ROOT / "bench" / "profile-worker.txt" if args.profile else None

@@ -2,7 +2,9 @@
 
 It starts the HTTP service and a Celery worker as real processes (on the embedded SQLite store
 and broker unless ``DATABASE_URL`` / ``CELERY_BROKER_URL`` say otherwise), posts signed webhooks
-as a provider would, acts as an agent through the API, and prints what came out.
+as a provider would, acts as an agent through the API, and prints what came out: the rules on
+generic webhooks, a mail answered by mail, and a WhatsApp chat answered from the API
+(cli/demo_chat.py).
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def _wait_until(what: str, check: Any, timeout: float = 60.0) -> Any:
 def run(*, keep: bool = False) -> int:
     settings = get_settings()
     env = dict(os.environ)
-    # The demo's "Postmark" is a stand-in on loopback, an address workers otherwise refuse to
-    # take an inbox's credentials to (handlers/netguard.py).
+    # The demo's Postmark and WhatsApp Graph API are stand-ins on loopback, an address workers
+    # otherwise refuse to take an inbox's credentials to (handlers/netguard.py).
     env["INBOXSYNC_OUTBOUND_ALLOW_PRIVATE"] = "true"
     embedded = settings.database_url is None and settings.celery_broker_url is None
     if embedded:
@@ -114,6 +116,9 @@ def run(*, keep: bool = False) -> int:
         _agent_actions(http, scene)
         _print_state(http, scene)
         _email_round_trip(http, scene[2]["auth"], stack)
+        from cli.demo_chat import whatsapp_round_trip  # imports this module
+
+        whatsapp_round_trip(http, scene[2]["auth"], stack)
     console.rule("[bold green]demo finished")
     return 0
 
@@ -192,7 +197,7 @@ def _send_webhooks(http: httpx.Client, scene: list[dict[str, Any]]) -> None:
         convs = _wait_until(
             "the worker to store the conversations",
             lambda s=s: (
-                (r := http.get("/conversations", headers=s["auth"]).json())
+                (r := http.get("/conversations", headers=s["auth"]).json()["items"])
                 and len(r) == 2
                 and all(
                     len(http.get(f"/conversations/{c['id']}", headers=s["auth"]).json()["messages"])
@@ -383,7 +388,7 @@ def _email_round_trip(http: httpx.Client, auth: dict[str, str], stack: ExitStack
         assert http.post(f"/webhooks/{inbox['id']}", content=mail, headers=relay).is_success
     [conv] = _wait_until(
         "the mail to be stored",
-        lambda: http.get(f"/conversations?inbox_id={inbox['id']}", headers=auth).json(),
+        lambda: http.get(f"/conversations?inbox_id={inbox['id']}", headers=auth).json()["items"],
     )
     console.print(f"mail from maria@example.com, delivered twice → conversation {conv['id']}")
     reply = {"text": "Olá Maria, enviámos de novo hoje."}

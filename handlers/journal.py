@@ -83,23 +83,28 @@ def journal(deliveries: list[dict[str, Any]]) -> list[int | None]:
 
 
 def _first_time(session: Session, deliveries: list[dict[str, Any]], now: datetime) -> list[int]:
-    """Indexes of the deliveries to journal: all but replays of a one-time token."""
-    if not any(d.get("replay_key") for d in deliveries):
+    """Indexes of the deliveries to journal: all but replays of a one-time token (seen before,
+    or earlier in this group). One statement for the group's tokens, inserted in key order so
+    that two group commits sharing tokens wait for each other instead of deadlocking."""
+    keyed: dict[tuple[int, str], int] = {}  # each token's first delivery in the group
+    for i, d in enumerate(deliveries):
+        if d.get("replay_key"):
+            keyed.setdefault((int(d["inbox_id"]), str(d["replay_key"])), i)
+    if not keyed:
         return list(range(len(deliveries)))
     dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
-    kept = []
-    for i, d in enumerate(deliveries):  # few carry a key: only providers with one-time tokens
-        if d.get("replay_key"):
-            first = session.execute(
-                dialect_insert(WebhookToken)
-                .values(inbox_id=d["inbox_id"], token=d["replay_key"], seen_at=now)
-                .on_conflict_do_nothing()
-                .returning(WebhookToken.token)
-            ).first()
-            if first is None:
-                continue  # seen before (in this batch or within the window): a replay
-        kept.append(i)
-    return kept
+    rows = [{"inbox_id": k[0], "token": k[1], "seen_at": now} for k in sorted(keyed)]
+    fresh = {
+        (r.inbox_id, r.token)
+        for r in session.execute(
+            dialect_insert(WebhookToken)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(WebhookToken.inbox_id, WebhookToken.token)
+        )
+    }
+    first = {i for key, i in keyed.items() if key in fresh}
+    return [i for i, d in enumerate(deliveries) if not d.get("replay_key") or i in first]
 
 
 def forget_tokens(older_than_s: float) -> int:

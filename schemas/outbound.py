@@ -154,7 +154,9 @@ class WidgetOutbound(_ChatConfig):
 
     via: Literal["widget"]
     reply_url: ApiUrl
-    signing_secret: str = Field(min_length=1)
+    # whsec_ and the base64 of the key (https://www.standardwebhooks.com/): refused at save time
+    # if it is not one, rather than failing every reply.
+    signing_secret: str = Field(min_length=1, pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")
 
 
 MAIL_VIAS = frozenset({"postmark", "mailgun", "sendgrid", "smtp"})

@@ -325,6 +325,9 @@ def test_mailgun_replayed_token_is_journaled_once(make_account):
     assert journal.journal([dict(first)]) == [None]  # and a later one
     assert journal.forget_tokens(older_than_s=-1) == 1
     assert journal.journal([dict(first)]) != [None]  # past the window the signature decides
+    other, plain = dict(first, replay_key="tok-other"), dict(first, replay_key=None)
+    ids = journal.journal([dict(other), plain, dict(first), dict(other), dict(plain)])
+    assert [i is not None for i in ids] == [True, True, False, False, True]
 
 
 def test_http_mailgun_post_and_its_replay(client, make_account):

@@ -9,6 +9,11 @@ from handlers.channels.postmark import PostmarkAdapter
 from handlers.channels.rfc822 import Rfc822Adapter
 from handlers.channels.sendgrid import SendGridAdapter
 from handlers.channels.ses import SesAdapter
+from handlers.channels.slack import SlackAdapter
+from handlers.channels.telegram import TelegramAdapter
+from handlers.channels.twilio import TwilioAdapter
+from handlers.channels.whatsapp import WhatsAppAdapter
+from handlers.channels.widget import WidgetAdapter
 
 REGISTRY: dict[str, ChannelAdapter] = {
     "generic": GenericAdapter(),
@@ -17,6 +22,11 @@ REGISTRY: dict[str, ChannelAdapter] = {
     "rfc822": Rfc822Adapter(),
     "sendgrid": SendGridAdapter(),
     "ses": SesAdapter(),
+    "slack": SlackAdapter(),
+    "telegram": TelegramAdapter(),
+    "twilio": TwilioAdapter(),
+    "whatsapp": WhatsAppAdapter(),
+    "widget": WidgetAdapter(),
 }
 
 

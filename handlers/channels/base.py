@@ -75,6 +75,8 @@ class Accepted:
     reply: Any = None
     # A handshake answered in plain text (WhatsApp's hub.challenge), instead of ``reply``'s JSON.
     reply_text: str | None = None
+    # Its content type (Twilio wants TwiML: text/xml; a text/plain answer would be texted back).
+    reply_type: str = "text/plain; charset=utf-8"
     # The status to answer with, where a provider insists (Slack wants 200); default 202/200.
     status: int | None = None
     # A one-time token of the request (Mailgun's): the journal stores a request with a token it
