@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test bench chaos lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# Its own PostgreSQL and Redis, real processes killed under seeded traffic; writes bench/chaos.md.
+chaos: $(STAMP)
+	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED)) $(if $(EVENTS),--events $(EVENTS))
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy workers handlers schemas store api cli settings.py celeryconfig.py version.py
+	$(BIN)/mypy workers handlers schemas store api cli observability settings.py celeryconfig.py version.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

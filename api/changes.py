@@ -60,12 +60,17 @@ Found = tuple[Change | None, DeadLetter | None, PendingChange | None]
 
 
 def _lookup(change_id: str) -> Found:
+    # The pending entry is read before the change: a worker deletes one and writes the other in
+    # one commit, so a change not pending at the first read is recorded by the second. Read the
+    # other way round, a commit between the reads showed neither, and the change was pended and
+    # published again, to stay pending for ever.
     with reading() as session:
+        pending = session.get(PendingChange, change_id)
         change = session.get(Change, change_id)
         if change is not None:
             return change, None, None
         dead = session.scalar(select(DeadLetter).where(DeadLetter.key == change_id).limit(1))
-        return None, dead, None if dead else session.get(PendingChange, change_id)
+        return None, dead, None if dead else pending
 
 
 def publish(envelope: dict[str, Any], queue: str) -> None:
@@ -167,7 +172,8 @@ def _answer(
     if change is not None:
         return JSON(*render(change))
     if dead is not None:
-        out = ChangeOut(change_id=change_id, status="failed", error=dead.error)
+        reason = dead.error or "the change could not be applied"
+        out = ChangeOut(change_id=change_id, status="failed", error="failed", message=reason)
         return JSON(out.model_dump(mode="json"), status_code=422)
     if pending is None:
         raise not_found("change", change_id)
@@ -210,6 +216,9 @@ def render(change: Change) -> tuple[dict[str, Any], int]:
         rule, _, code = (result.code or "-:409").partition(":")
         out.rule = None if rule == "-" else rule
         status = int(code or 409)
+        # An error as every other (api/errors.py): a code, and the rule's reason as the message.
+        out.error = {404: "not_found", 422: "invalid_request"}.get(status, "rejected")
+        out.message = result.error or "refused by a rule"
     elif change.kind == "create_ticket":
         status = 201
     return out.model_dump(mode="json"), status

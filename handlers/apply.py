@@ -76,7 +76,19 @@ def apply_change(session: Session, env: c.ChangeEnvelope, settings: Settings) ->
             action = _allocate_ticket(session, loaded, action, env, settings)
         folded = fold_into_case(session, loaded, env.id, env.occurred_at, action)
     except RuleRefusal as refusal:
+        if isinstance(action, c.CreateTicket) and action is not env.action:
+            # A ticket allocated for a late creation that history refused in its place: no
+            # ticket without a conversation is left behind, and the refusal names none.
+            session.execute(delete(Ticket).where(Ticket.id == action.ticket_id))
+            action = env.action
         return _record(session, env, digest, refusal, Folded(), action)
+    allocated = action.ticket_id if isinstance(action, c.CreateTicket) else None
+    if allocated is not None and not loaded.case.conversations_of(allocated):
+        # In its place the conversation had its ticket already (T1): that one answers.
+        session.execute(delete(Ticket).where(Ticket.id == allocated))
+        loaded.case.tickets.pop(allocated, None)
+        loaded.before.tickets.pop(allocated, None)
+        action = env.action
     cases.save_case(session, loaded, env.occurred_at)
     return _record(session, env, digest, None, folded, action)
 
@@ -125,12 +137,34 @@ def fold_into_case(
         loaded.touched.add(("conversation", cid))
     for tid in _targets(action)[1]:
         loaded.touched.add(("ticket", tid))
-    if occurred_at >= loaded.last_change_at:
+    # Strictly later than every event of the case: folded on top. At the case's own instant
+    # the order of ids decides (``order_key``), which only a replay knows.
+    if occurred_at > loaded.last_change_at:
         return Folded(rules.apply(loaded.case, change_id, action))
     extra = None if isinstance(action, c.MessageReceived) else (occurred_at, change_id, action)
+    before = Case(dict(loaded.case.conversations), dict(loaded.case.tickets))  # replay replaces
     produced, writers = replay(session, loaded, extra)  # messages are in history already
+    if extra is not None:
+        _check_no_fact_undone(before, loaded.case)
     mine = produced.get(change_id, [])
     return Folded(mine, True, _overridden(mine, writers, change_id))
+
+
+def _check_no_fact_undone(before: Case, after: Case) -> None:
+    """A late change is refused if, in its place, it would undo what was answered and acted on
+    since: a ticket's association (T2: only deletion ends one, and a ticket holds one or more
+    conversations) or a merge (M2: the messages are in the survivor now)."""
+    for tid in before.tickets:
+        if before.conversations_of(tid) and not after.conversations_of(tid):
+            raise RuleRefusal(
+                "T2", f"in its place it would leave ticket {tid} without its conversations"
+            )
+    for cid, cv in before.conversations.items():
+        was = rules.merged_into(cv.removed_by)
+        if was is not None and after.conversations[cid].removed_by != cv.removed_by:
+            raise RuleRefusal(
+                "M2", f"in its place it would undo the merge of conversation {cid} into {was}"
+            )
 
 
 Writer = tuple[str, str]  # (event id, rule)
@@ -153,10 +187,17 @@ def replay(
     )
     produced: dict[str, list[Effect]] = {}
     writers: dict[tuple[str, int, str], Writer] = {}
-    for _at, event_id, event in events:
+    for at, event_id, event in events:
         try:
             produced[event_id] = rules.apply(state, event_id, event)
-        except RuleRefusal:
+        except RuleRefusal as refusal:
+            if extra is not None and event_id == extra[1]:
+                # The late change is refused in its place: rejected, and no part of history
+                # (README, Decisions). What it names exists (the case was found), only not
+                # yet at that time: a conflict with the order of events, not a 404.
+                if refusal.status == 404:
+                    raise RuleRefusal(refusal.rule, f"{refusal} yet at {at.isoformat()}") from None
+                raise
             continue  # refused at this point of history: a no-op here
         for e in produced[event_id]:
             writers[(e.entity, e.entity_id, e.field)] = (event_id, e.rule)
@@ -196,6 +237,9 @@ def _recorded(session: Session, change_id: str, digest: str) -> c.ChangeResult |
         return None
     if row.request_sha256 and row.request_sha256 != digest:
         raise ChangeConflict(f"change id {change_id!r} was already used for a different change")
+    # A copy published after the change was recorded (a retried request that saw neither it nor
+    # its pending entry) must not stay pending: the periodic round would publish it for ever.
+    session.execute(delete(PendingChange).where(PendingChange.id == change_id))
     return c.ChangeResult.model_validate({**row.result, "duplicate": True})
 
 
@@ -242,11 +286,12 @@ def _allocate_ticket(
     settings: Settings,
 ) -> c.CreateTicket:
     conv = loaded.case.conversations[action.conversation_id]
-    if conv.ticket_id is not None or conv.removed_by is not None:
+    late = env.occurred_at <= loaded.last_change_at  # put in its place: history decides
+    if not late and (conv.ticket_id is not None or conv.removed_by is not None):
         return action  # T1 returns the existing ticket; a trashed conversation is refused
     account = session.get_one(Account, env.account_id)
     location = routing.ticket_location(
-        account.tier,
+        routing.tier_at(session, account, env.occurred_at),  # a later tier change: not this one
         account.created_at,
         cutoff=settings.helpdesk_cutoff,
         helpdesk_tiers=settings.helpdesk_tiers,

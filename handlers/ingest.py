@@ -67,7 +67,7 @@ def ingest(
     home = {_key(m): p.conversation_id for g, p in placed for m in g.messages}
     fresh = [m for g, _ in placed for m in g.messages if _key(m) not in stored]
     message_ids = _insert_messages(session, fresh, placed, now)
-    threads.point(session, _links_to_point(placed, links, convs, stored))
+    threads.point(session, _links_to_point(placed, links, convs, stored, ids_of))
     effects = _advance(session, loaded, fresh, home, message_ids, created, absorbed, now)
     return _outcomes(batch, stored, home, message_ids, effects, absorbed)
 
@@ -281,12 +281,22 @@ def _links_to_point(
     links: dict[threading.Key, int | None],
     convs: dict[int, Conv],
     stored: dict[MessageKey, tuple[int, int]],
+    ids_of: dict[MessageKey, list[str]],
 ) -> dict[threading.Key, int]:
-    """Every id of the batch that must point somewhere new; none is left empty."""
+    """Every id of the batch that must point somewhere new; none is left empty. A copy of a
+    message stored before moves no id (at-least-once delivery changes nothing): only the ids
+    of new messages, and ids not known yet, are pointed anew."""
     out: dict[threading.Key, int] = {}
     for group, p in placed:
         if p.conversation_id is not None:
-            out.update(threading.repointed(group, p, links, convs))
+            new = {
+                (m.inbox_id, t)
+                for m in group.messages
+                if _key(m) not in stored
+                for t in ids_of[_key(m)]
+            }
+            moves = threading.repointed(group, p, links, convs)
+            out.update({k: v for k, v in moves.items() if k in new or links.get(k) is None})
             continue
         # Copies seen before whose conversation is gone: their new ids go where they are.
         home = stored[_key(group.messages[0])][1]

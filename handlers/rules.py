@@ -248,15 +248,17 @@ def _restore_ticket(case: Case, _id: str, a: c.RestoreTicket, fx: _Effects) -> N
 
 
 def _message_received(case: Case, _id: str, a: c.MessageReceived, fx: _Effects) -> None:
-    """A customer writes again: the conversation reopens, and a closed ticket goes back to
-    ``waiting_on_us``; S2 then holds (with several conversations, the others stay closed)."""
+    """A customer writes again on a closed conversation: it reopens, and a closed ticket that
+    holds only it goes back to ``waiting_on_us`` (S2 through the ticket). With several
+    conversations the ticket stays closed and the others with it (docs/rules.md, M1)."""
     conv = _conversation(case, a.conversation_id)
-    if conv.removed_by is not None:
-        return
+    if conv.removed_by is not None or conv.status != "closed":
+        return  # M1 is about a closed conversation: on an open one a message changes nothing
     fx.set(conv, "status", "open", "M1")
     if conv.ticket_id is not None:
         ticket = case.tickets[conv.ticket_id]
-        if ticket.removed_by is None and ticket.status == "closed":
+        only_it = len(case.conversations_of(ticket.id)) == 1
+        if ticket.removed_by is None and ticket.status == "closed" and only_it:
             fx.set(ticket, "status", "waiting_on_us", "M1")
 
 
@@ -268,6 +270,38 @@ def _merge_conversation(case: Case, _id: str, a: c.MergeConversation, fx: _Effec
         raise RuleRefusal("T2", f"conversation {conv.id} has a ticket: it is not merged")
     if conv.removed_by is None:
         fx.set(conv, "removed_by", f"{MERGED}{a.into_id}", "M2")
+
+
+def _repair(case: Case, _id: str, a: c.Repair, fx: _Effects) -> None:
+    """Reconciliation (handlers/reconcile.py): rows of this case drifted from what the rules say
+    (a write that bypassed them); put back what ``a.rule`` says, where it still does not hold.
+    On a case that holds (a replay of its history, a second reconciler) it changes nothing."""
+    ticket = _ticket(case, a.ticket_id)
+    convs = [cv for cv in case.conversations_of(ticket.id) if cv.id in set(a.conversation_ids)]
+    if a.rule == "S1":
+        if ticket.removed_by is None and ticket.status == "closed":
+            for conv in convs:
+                if conv.removed_by is None:
+                    fx.set(conv, "status", "closed", "S1")
+    elif a.rule == "D2":
+        if ticket.removed_by is not None:
+            for conv in convs:
+                if conv.removed_by is None:
+                    fx.set(conv, "removed_by", ticket.removed_by, "D2")
+    elif a.rule == "D1":
+        if ticket.removed_by is None and a.removed_by is not None:
+            for conv in convs:  # in a replay: the trash found, which history did not record
+                if conv.removed_by is None:
+                    fx.set(conv, "removed_by", a.removed_by, "trash")
+        trashed = [cv for cv in convs if cv.removed_by and merged_into(cv.removed_by) is None]
+        if ticket.removed_by is None and trashed:
+            # The ticket goes with the trash's own cause: restoring it restores the whole case.
+            _remove_ticket_cascade(case, ticket, str(trashed[0].removed_by), fx, "D1")
+    else:  # R1 / R2: a conversation lives where its ticket lives
+        for conv in convs:
+            fx.set(
+                conv, "location", ticket.location, "R1" if ticket.location == "help_desk" else "R2"
+            )
 
 
 _HANDLERS: dict[type, Callable[[Case, str, Any, _Effects], None]] = {
@@ -284,4 +318,5 @@ _HANDLERS: dict[type, Callable[[Case, str, Any, _Effects], None]] = {
     c.RestoreTicket: _restore_ticket,
     c.MessageReceived: _message_received,
     c.MergeConversation: _merge_conversation,
+    c.Repair: _repair,
 }

@@ -8,11 +8,14 @@ failed)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.types import Id
+
+PG_MAX_OFFSET = timedelta(hours=15, minutes=59)
 
 
 class MediaRef(BaseModel):
@@ -59,9 +62,37 @@ class InboundMessage(BaseModel):
     # Attachment contents, for the blob store (store/blobs.py); never serialized with the message.
     blobs: list[bytes] = Field(default_factory=list, exclude=True, repr=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        # PostgreSQL's text and jsonb hold no NUL: in a sender's text it is noise, not meaning,
+        # and every store keeps the same text (as the chat providers' schemas do).
+        return without_nul(data) if isinstance(data, dict) else data
+
+    @field_validator("sent_at", "received_at")
+    @classmethod
+    def _storable_offset(cls, value: datetime) -> datetime:
+        # Senders may write offsets up to ±23:59 (ISO 8601, RFC 5322); PostgreSQL's timestamptz
+        # takes ±15:59. Past that, the same instant in UTC.
+        offset = value.utcoffset()
+        if offset is not None and abs(offset) > PG_MAX_OFFSET:
+            return value.astimezone(UTC)
+        return value
+
     @property
     def effective_thread_key(self) -> str:
         return self.thread_key if self.thread_key else f"sender:{self.sender.lower()}"
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with every NUL in its strings (keys too, at any depth) made U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(without_nul(v) for v in value)
+    return value
 
 
 class MessageEdit(BaseModel):

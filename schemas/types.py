@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from annotated_types import Ge, Le
-from pydantic import AfterValidator
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 MAX_ID = 2**63 - 1
 
@@ -23,4 +24,28 @@ def _utc(value: datetime) -> datetime:
 
 
 Timestamp = Annotated[datetime, AfterValidator(_utc)]
-Id = Annotated[int, Ge(0), Le(MAX_ID)]
+
+
+def _not_a_boolean(value: object) -> object:
+    # JSON ``true`` is not an id; lax mode would read it as 1.
+    if isinstance(value, bool):
+        raise ValueError("an id is a number, not a boolean")
+    return value
+
+
+# The check of booleans last: it runs first, and the bounds stay in the JSON schema.
+Id = Annotated[int, Ge(0), Le(MAX_ID), BeforeValidator(_not_a_boolean)]
+
+
+def _iso_text(value: Any) -> Any:
+    # pydantic would also take a number (or a numeric text, as a query parameter is) as unix
+    # seconds; the schema says an ISO 8601 time, and so does the answer to anything else.
+    if isinstance(value, datetime):  # from Python callers (the CLI, tests)
+        return value
+    if not isinstance(value, str) or not re.match(r"\d{4}-", value):
+        raise ValueError("an ISO 8601 time with its offset, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+# A time the API is given: ISO 8601 text with an offset (schemas/ops.py, schemas/api.py).
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]

@@ -99,7 +99,7 @@ def test_a_message_on_a_closed_conversation_reopens_it_and_S2_holds(make_account
     assert {e["rule"] for e in outcome.effects} == {"M1"}
     s = state([first, second])
     assert [cv[1] for cv in s["conversations"]] == ["open", "closed"]  # with two, the other stays
-    assert s["tickets"][0][1] == "waiting_on_us"
+    assert s["tickets"][0][1] == "closed"  # M1: only a ticket that holds only it reopens
 
 
 def test_a_message_that_threads_to_a_trashed_conversation_starts_a_new_one(make_account):

@@ -21,9 +21,10 @@ from tests.storehelp import conversation
 def queued(queue: str) -> int:
     """Messages waiting on the broker's queue (Redis or the embedded one)."""
     from workers.app import app
+    from workers.status import depth
 
     with app.connection_for_write() as conn:
-        return int(conn.default_channel.queue_declare(queue=queue, passive=False).message_count)
+        return depth(conn.default_channel, queue)
 
 
 @pytest.fixture
@@ -87,3 +88,33 @@ def test_a_pending_write_whose_broker_message_was_lost_is_published_again(idle_c
     settings = get_settings().model_copy(update={"sweep_after_s": -1})
     round_once(settings)
     assert queued("inbox") == 1 and before >= 0
+
+
+def test_a_copy_pended_again_after_its_change_was_recorded_does_not_stay_pending(idle_client):
+    """A retried request that looked between a worker's commit and its own read saw neither the
+    change nor its pending entry and pended it again: the worker's duplicate run drops it, or
+    the periodic round would publish it for ever (seen in the chaos run)."""
+    from sqlalchemy import func, select
+
+    from handlers import journal, pipeline
+    from store.db import reading
+    from store.models import PendingChange
+
+    acct = setup_account(idle_client)
+    conv = conversation(acct["inbox"], "t1")
+    headers = {**acct["auth"], "Idempotency-Key": "close-3"}
+    idle_client.post(f"/conversations/{conv}/close", headers=headers)
+    with reading() as session:
+        account_id = acct["account"]["id"]
+        pending = session.scalars(
+            select(PendingChange).where(PendingChange.account_id == account_id)
+        ).one()
+        change_id, queue, envelope = pending.id, pending.queue, dict(pending.envelope)
+    assert pipeline.run_change(envelope)["outcome"] == "applied"
+    assert journal.pend(change_id, account_id, queue, envelope)  # the late retry's entry
+    assert pipeline.run_change(envelope)["duplicate"] is True
+    with reading() as session:
+        left = session.scalar(
+            select(func.count()).select_from(PendingChange).where(PendingChange.id == change_id)
+        )
+    assert left == 0

@@ -298,7 +298,17 @@ def test_a_message_reopens_only_its_conversation_when_the_ticket_has_several():
     run(k, c.SetTicketStatus(ticket_id=10, status="closed"))
     run(k, c.MessageReceived(conversation_id=2), "message:1")
     assert [cv.status for cv in k.conversations_of(10)] == ["closed", "open"]
-    assert k.tickets[10].status == "waiting_on_us"
+    assert k.tickets[10].status == "closed"  # M1: only a ticket that holds only it reopens
+
+
+def test_M1_a_message_on_an_open_conversation_leaves_its_closed_ticket_closed():
+    """docs/rules.md M1 fires on a message "stored on a closed conversation": an agent reopened
+    the only conversation of a closed ticket (S3: only it), and a message changes nothing."""
+    k = case((1, 10), tickets=(10,))
+    run(k, c.SetTicketStatus(ticket_id=10, status="closed"))
+    run(k, c.SetConversationStatus(conversation_id=1, status="open"))
+    assert run(k, c.MessageReceived(conversation_id=1), "message:1") == []
+    assert k.tickets[10].status == "closed"
 
 
 def test_unknown_objects_are_refused_as_not_found():

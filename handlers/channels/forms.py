@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import quopri
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -91,23 +92,22 @@ def parse_form(content_type: str, body: bytes, limits: FormLimits | None = None)
         except UnicodeDecodeError:
             raise PayloadError("form body is not UTF-8") from None
         return {"fields": dict(pairs), "files": []}
-    _check_within(limits, body, _boundary(kind, content_type))
-    message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
-    )
-    parts = message.get_payload()
-    if not isinstance(parts, list) or not parts:
-        raise PayloadError("multipart form without parts")
+    boundary = _boundary(kind, content_type)
+    _check_within(limits, body, boundary)
     raw_fields: dict[str, tuple[bytes, str | None]] = {}
     files: list[dict[str, Any]] = []
-    for part in parts:
-        if not isinstance(part, Message):
-            continue
+    # Split by the delimiters, and only each part's header block goes to the stdlib's parser: a
+    # part's content is kept as sent, whatever its type (a file of type message/rfc822 or
+    # multipart/* is an attachment, not MIME to parse, and a deep one would exhaust the stack).
+    parts = list(_parts(body, boundary))
+    if not parts:
+        raise PayloadError("multipart form without parts")
+    for found in parts:
+        part = BytesParser(policy=HTTP).parsebytes(found.headers + b"\r\n\r\n")
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str):
             continue
-        data = part.get_payload(decode=True)
-        data = data if isinstance(data, bytes) else b""
+        data = _decoded(part, body[found.start : found.end])
         filename = part.get_filename()
         if filename is None:
             raw_fields[name] = (data, part.get_content_charset())
@@ -269,11 +269,26 @@ def _charsets(raw_fields: dict[str, tuple[bytes, str | None]]) -> dict[str, str]
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
+def _decoded(part: Message, content: bytes) -> bytes:
+    """A part's content without its Content-Transfer-Encoding (rare in forms, but allowed)."""
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=False)
+        except ValueError:
+            return content
+    if encoding == "quoted-printable":
+        return quopri.decodestring(content)
+    return content
+
+
 def _text(data: bytes, charset: str | None) -> str:
     try:
-        return data.decode(charset or "utf-8")
+        text = data.decode(charset or "utf-8")
     except (LookupError, ValueError):
         return data.decode("utf-8", errors="replace")
+    # Some decoders (UTF-7: "+2AA-") make lone surrogates, which no JSON or UTF-8 text holds.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def form_mail(

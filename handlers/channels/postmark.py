@@ -12,7 +12,6 @@ are base64. With "include raw email content" on, ``RawEmail`` is parsed instead.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from email.utils import formataddr
@@ -35,8 +34,20 @@ from schemas.inbound import InboundMessage
 from schemas.postmark import PostmarkAddress, PostmarkInbound
 
 
+def _address(name: str, email: str) -> str:
+    """``Name <email>``; ``formataddr`` refuses a non-ASCII address (RFC 6531), which Postmark
+    passes on as the sender wrote it: then the name is quoted by hand and the address kept."""
+    try:
+        return formataddr((name, email))
+    except UnicodeEncodeError:
+        if not name:
+            return email
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}" <{email}>'
+
+
 def _addresses(items: list[PostmarkAddress]) -> str:
-    return ", ".join(formataddr((a.name, a.email)) for a in items)
+    return ", ".join(_address(a.name, a.email) for a in items)
 
 
 class PostmarkAdapter:
@@ -55,6 +66,8 @@ class PostmarkAdapter:
             body = PostmarkInbound.model_validate_json(request.body)
         except ValidationError as exc:
             raise PayloadError(describe(exc)) from None
+        for attachment in body.attachments:
+            _b64(attachment.content)  # judged here (422), not dead-lettered by the worker
         return Accepted(payloads=[body.model_dump(mode="json", by_alias=True)])
 
     def normalize(
@@ -98,7 +111,7 @@ class PostmarkAdapter:
         given = [(h.name, h.value) for h in body.headers]
         present = {name.lower() for name, _ in given}
         top = [
-            ("From", formataddr((body.from_full.name, body.from_full.email))),
+            ("From", _address(body.from_full.name, body.from_full.email)),
             ("To", _addresses(body.to_full)),
             ("Cc", _addresses(body.cc_full)),
             ("Reply-To", body.reply_to),
@@ -111,5 +124,5 @@ class PostmarkAdapter:
 def _b64(content: str) -> bytes:
     try:
         return base64.b64decode(content, validate=False)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or text that is not ASCII
         raise PayloadError("an attachment's Content is not base64", field="Attachments") from None

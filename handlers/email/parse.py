@@ -47,13 +47,16 @@ def parse_raw(
     """Parse a whole mail. Returns the parsed mail and its attachments' bytes, in order."""
     if not raw.strip():
         raise UnparseableEmail("empty mail")
-    message = message_from_bytes(raw)  # compat32: the most forgiving parser of the stdlib
-    raw_headers = [(name, _unescape(str(value))) for name, value in message.raw_items()]
-    if not raw_headers:
-        raise UnparseableEmail("no headers")
-    problems: list[str] = []
-    bodies = _Bodies(problems)  # notes every part's MIME defects, the root's included
-    bodies.collect(message)
+    try:
+        message = message_from_bytes(raw)  # compat32: the most forgiving parser of the stdlib
+        raw_headers = [(name, _unescape(str(value))) for name, value in message.raw_items()]
+        if not raw_headers:
+            raise UnparseableEmail("no headers")
+        problems: list[str] = []
+        bodies = _Bodies(problems)  # notes every part's MIME defects, the root's included
+        bodies.collect(message)
+    except RecursionError:
+        return _too_deep(raw, max_attachment_bytes)
     return _build(
         raw_headers,
         bodies.text,
@@ -62,6 +65,28 @@ def parse_raw(
         problems,
         max_attachment_bytes,
         report=bodies.report,
+        content_type=message.get_content_type(),
+    )
+
+
+def _too_deep(raw: bytes, max_attachment_bytes: int) -> tuple[ParsedEmail, list[bytes]]:
+    """A mail whose parts nest deeper than the stdlib's recursive parser goes: its headers,
+    read alone, and a problem saying its body was not; lenient, like everything else here."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i != -1]
+    head = raw[: min(ends)] if ends else raw
+    message = message_from_bytes(head + b"\r\n\r\n")
+    raw_headers = [(name, _unescape(str(value))) for name, value in message.raw_items()]
+    if not raw_headers:
+        raise UnparseableEmail("no headers")
+    problems = ["its parts nest too deep to be read: the body was not parsed"]
+    return _build(
+        raw_headers,
+        None,
+        None,
+        [],
+        problems,
+        max_attachment_bytes,
+        report=False,
         content_type=message.get_content_type(),
     )
 
