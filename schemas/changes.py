@@ -106,7 +106,23 @@ class MergeConversation(_Change):
     into_id: Id
 
 
-Action = Annotated[
+class Repair(_Change):
+    """Reconciliation (handlers/reconcile.py) puts back what ``rule`` says on a case whose rows
+    drifted from it (a write that bypassed the rules); ``cause`` says what was found. Made by
+    inboxsync, never by the API: its id is derived from the drift, so it is applied once."""
+
+    kind: Literal["repair"] = "repair"
+    rule: Literal["S1", "D1", "D2", "R1", "R2"]
+    ticket_id: Id
+    conversation_ids: list[Id] = Field(default_factory=list)
+    cause: str = Field(max_length=2000)
+    # D1: the trash found (the conversation's ``removed_by``), so that a replay of the case's
+    # history, where that trash was never recorded, comes to the same state.
+    removed_by: str | None = Field(default=None, max_length=200)
+
+
+# What callers may send (POST /changes): every action but the ones inboxsync makes itself.
+ApiAction = Annotated[
     SetConversationOwner
     | SetConversationStatus
     | TrashConversation
@@ -120,6 +136,24 @@ Action = Annotated[
     | RestoreTicket
     | MessageReceived
     | MergeConversation,
+    Field(discriminator="kind"),
+]
+# Every action a change may record.
+Action = Annotated[
+    SetConversationOwner
+    | SetConversationStatus
+    | TrashConversation
+    | CreateTicket
+    | AssociateConversation
+    | DissociateConversation
+    | SetTicketOwner
+    | SetTicketStatus
+    | DeleteTicket
+    | RestoreConversation
+    | RestoreTicket
+    | MessageReceived
+    | MergeConversation
+    | Repair,
     Field(discriminator="kind"),
 ]
 ACTION_ADAPTER: TypeAdapter[Action] = TypeAdapter(Action)

@@ -40,6 +40,37 @@ def acquire(name: str, holder: str, ttl_s: float, now: datetime | None = None) -
         return made is not None
 
 
+def take_turn(name: str, holder: str, every_s: float, now: datetime | None = None) -> bool:
+    """Take ``name`` for ``every_s`` if its last turn (anyone's, ``holder``'s too) has run out:
+    work done under it runs at most once per ``every_s`` in the deployment, whichever process
+    comes first after that, and goes on when the process that did the last turn is gone."""
+    now = now or datetime.now(UTC)
+    until = now + timedelta(seconds=every_s)
+    with transaction() as session:
+        taken = session.execute(
+            update(Lease)
+            .where(Lease.name == name, Lease.expires_at <= now)
+            .values(holder=holder, expires_at=until, rounds=Lease.rounds + 1)
+            .returning(Lease.name)
+        ).first()
+        if taken is not None:
+            return True
+        dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
+        made = session.execute(
+            dialect_insert(Lease)
+            .values(name=name, holder=holder, expires_at=until, rounds=1)
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(Lease.name)
+        ).first()
+        return made is not None
+
+
+def expires_at(name: str) -> datetime | None:
+    """When ``name``'s current holding runs out (None: never taken)."""
+    with reading() as session:
+        return session.scalar(select(Lease.expires_at).where(Lease.name == name))
+
+
 def release(name: str, holder: str) -> None:
     """Give the lease up at once (a clean stop), if ``holder`` has it."""
     with transaction() as session:

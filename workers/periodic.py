@@ -4,6 +4,8 @@ Each round: publish again what was journaled but whose broker message was lost (
 pending API changes: handlers/journal.py), recover replies whose worker died mid-send or whose
 task was lost (handlers/outbound/replies.py ``sweep``), forget one-time webhook tokens older
 than the signature window, and apply edits that raced their message (handlers/edits.py).
+Reconciliation (handlers/reconcile.py) runs from the same turns under a lease of its own,
+``reconcile``, at most once per ``INBOXSYNC_RECONCILE_INTERVAL_S`` in the deployment.
 
 A ``Scheduler`` runs in every ``inboxsync serve`` and ``inboxsync worker`` process (and in
 ``inboxsync scheduler``, for those who want it apart): before each round it takes the store's
@@ -20,7 +22,7 @@ import socket
 import threading
 import uuid
 
-from handlers import edits, journal
+from handlers import edits, journal, reconcile
 from handlers.outbound import replies
 from settings import Settings, get_settings
 from store import lease
@@ -28,6 +30,7 @@ from workers import publish
 
 log = logging.getLogger(__name__)
 LEASE = "periodic"
+RECONCILE_LEASE = "reconcile"
 PAGE = 1000  # a full page means there may be more; a short one ends the pass
 
 
@@ -80,7 +83,13 @@ class Scheduler:
             self.tick()
 
     def tick(self) -> bool:
-        """One turn: a round if this process holds the lease; whether it did one."""
+        """One turn: a round if this process holds the lease; whether it did one. Then
+        reconciliation, if its turn has come (``reconcile_turn``)."""
+        done = self._round()
+        self.reconcile_turn()
+        return done
+
+    def _round(self) -> bool:
         try:
             if not lease.acquire(LEASE, self.holder, ttl_s=3 * self.settings.sweep_interval_s):
                 return False
@@ -90,6 +99,22 @@ class Scheduler:
             log.exception(
                 "periodic round failed; trying again in %s s", self.settings.sweep_interval_s
             )
+            return False
+
+    def reconcile_turn(self) -> bool:
+        """Reconciliation (handlers/reconcile.py) once per ``reconcile_interval_s`` in the
+        deployment: whichever process first finds the lease ``reconcile`` run out takes it for
+        that long and runs it; whether this one did. 0 turns it off."""
+        every = self.settings.reconcile_interval_s
+        if every <= 0:
+            return False
+        try:
+            if not lease.take_turn(RECONCILE_LEASE, self.holder, every_s=every):
+                return False
+            reconcile.run(self.settings)
+            return True
+        except Exception:
+            log.exception("reconciliation failed; its next turn is in %s s", every)
             return False
 
     def stop(self) -> None:
