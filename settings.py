@@ -9,11 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TIERS = ("free", "starter", "professional", "enterprise")
+# The task queues, by the names the code and the store use (PendingChange.queue, R1/R2 routing,
+# ``inboxsync worker -Q``); on the broker each is ``<queue_prefix><name>`` (Settings.queue_name).
+QUEUES = ("ingest", "inbox", "helpdesk", "outbound", "bulk")
 # The admin token a fresh install has: fine on loopback, refused by `serve` anywhere else.
 DEFAULT_ADMIN_TOKEN = "dev-admin-token"
 
@@ -79,9 +83,23 @@ class Settings(BaseSettings):
     # Whether this process takes part in the periodic work (workers/periodic.py: one process of
     # the deployment does each round, whichever holds the store's lease).
     scheduler: bool = True
+    # Reconciliation (handlers/reconcile.py): at most once per this many seconds per deployment,
+    # in the periodic rounds, under the store's lease ``reconcile``; 0: never (run it by hand).
+    reconcile_interval_s: float = Field(default=300.0, ge=0)
 
     # FastAPI's OpenTelemetry instrumentation (configured by the standard OTEL_* variables).
     telemetry: bool = False
+    # What an operator sees (observability/): log lines as readable text or JSON, their level,
+    # one access line per HTTP request, Prometheus counts, and a worker's /metrics port (0: none).
+    log_format: Literal["text", "json"] = Field(
+        default="text", validation_alias=AliasChoices("LOG_FORMAT", "INBOXSYNC_LOG_FORMAT")
+    )
+    log_level: str = Field(
+        default="INFO", validation_alias=AliasChoices("LOG_LEVEL", "INBOXSYNC_LOG_LEVEL")
+    )
+    access_log: bool = True
+    metrics: bool = True
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # API writes wait this long for a worker to apply the change before answering 202.
     api_wait_timeout_s: float = 10.0
@@ -121,6 +139,14 @@ class Settings(BaseSettings):
     # Every Redis key the broker uses starts with this (kombu's global_keyprefix): several
     # deployments, or a test run, can share one Redis database without seeing each other.
     redis_key_prefix: str = ""
+    # Every queue and exchange inboxsync declares on the broker is named with this in front
+    # (``<prefix>ingest``, ``<prefix>celery.pidbox``…): deployments, or test runs, can share one
+    # RabbitMQ vhost without seeing each other's work (workers, status, publishers alike).
+    queue_prefix: str = Field(default="", max_length=100, pattern=r"^[A-Za-z0-9_.:-]*$")
+    # RabbitMQ quorum queues: a message handed out this many times without an acknowledgement
+    # (its worker died or gave it back each time) is dropped by the broker; the journals and the
+    # periodic sweeps publish its work again later. 0: no limit (RabbitMQ 4 would then use 20).
+    amqp_delivery_limit: int = Field(default=20, ge=0)
     retention_days: int = 30
 
     @property
@@ -146,6 +172,15 @@ class Settings(BaseSettings):
     @property
     def is_embedded_broker(self) -> bool:
         return self.resolved_broker_url.startswith("sqlq+")
+
+    @property
+    def is_amqp_broker(self) -> bool:
+        """RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``)."""
+        return self.resolved_broker_url.split("://", 1)[0] in ("amqp", "amqps", "pyamqp")
+
+    def queue_name(self, queue: str) -> str:
+        """The broker's name of one of ``QUEUES``: with ``queue_prefix`` in front."""
+        return self.queue_prefix + queue
 
 
 @lru_cache

@@ -15,16 +15,19 @@ from api import (
     batcher,
     cases,
     contacts,
+    deadletters,
     deliveries,
     errors,
     health,
     limits,
     messages,
+    reconcile,
     replies,
     resources,
     webhooks,
 )
 from handlers import journal
+from observability.http import Observed
 from settings import Settings, get_settings
 from version import version
 from workers import periodic, publish
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost, so that they refuse before routing, body parsing and authentication.
     app.add_middleware(limits.NoNul)
     app.add_middleware(limits.BodyLimit, settings=settings)
+    app.add_middleware(Observed, access_log=settings.access_log)
     app.include_router(webhooks.router)
     app.include_router(resources.router)
     app.include_router(cases.router)
@@ -87,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(contacts.router)
     app.include_router(deliveries.router)
+    app.include_router(deadletters.router)
+    app.include_router(reconcile.router)
 
     app.include_router(health.router)
     return app

@@ -21,7 +21,8 @@ router = APIRouter(tags=["conversations"])
 @router.get(
     "/messages/{message_id}/attachments/{index}",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+    # Answered in the attachment's own type (image/png, …); octet-stream when it has none.
+    responses={200: {"content": {"application/octet-stream": {}, "*/*": {}}}, 404: {}},
     summary="Download an attachment (n counts from 0, in the order the message lists them)",
 )
 def download(message_id: Id, index: Id, who: Caller) -> Response:

@@ -11,7 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from api.errors import ApiError, not_found
@@ -61,10 +62,22 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
-    if not authorization or not authorization.lower().startswith("bearer "):
+# Declared in the OpenAPI as the ``bearer`` scheme (so ``/docs`` has an Authorize button); its
+# missing or malformed header is our 401, with our error body, not FastAPI's 403.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An account's API token (`isk_…`, from `POST /accounts/{id}/tokens`), or the "
+    "admin token (`INBOXSYNC_ADMIN_TOKEN`).",
+)
+
+
+def principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials.strip():
         raise ApiError(401, "unauthenticated", "send Authorization: Bearer <token>")
-    token = authorization[7:].strip()
+    token = credentials.credentials.strip()
     if constant_time_equal(token, get_settings().admin_token):
         return Principal(account_id=None)
     with reading() as session:

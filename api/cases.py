@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 
-from api import changes, views
+from api import changes, errors, views
 from api.auth import Caller
 from api.errors import JSON, ApiError
 from schemas import changes as c
@@ -24,6 +24,7 @@ from schemas.api import (
     CreateTicketIn,
     Location,
     OwnerChangeIn,
+    Page,
     TicketOut,
     TicketStatus,
     TicketStatusIn,
@@ -52,7 +53,7 @@ WRITE_RESPONSES: dict[int | str, dict[str, Any]] = {
 Trashed = Literal["false", "true", "any"]
 
 
-@router.get("/conversations", response_model=list[ConversationOut], tags=["conversations"])
+@router.get("/conversations", response_model=Page[ConversationOut], tags=["conversations"])
 def list_conversations(
     who: Caller,
     status: ConversationStatus | None = None,
@@ -66,7 +67,7 @@ def list_conversations(
     after_id: Id = 0,
     limit: int = Query(default=50, ge=1, le=500),
 ) -> Any:
-    """Conversations by id, after ``after_id`` (pass the last id of a page to get the next)."""
+    """Conversations by id, after ``after_id``: a page, with the ``next_after_id`` to ask for."""
     where = [Conversation.id > after_id]
     if not who.is_admin:
         where.append(Conversation.account_id == who.account_id)
@@ -84,11 +85,14 @@ def list_conversations(
     elif trashed == "true":
         where += [Conversation.removed_by.is_not(None), Conversation.merged_into.is_(None)]
     with reading() as session:
-        return views.conversations(session, where, limit=limit)
+        return views.page(views.conversations(session, where, limit=limit + 1), limit)
 
 
 @router.get(
-    "/conversations/{conversation_id}", response_model=ConversationOut, tags=["conversations"]
+    "/conversations/{conversation_id}",
+    response_model=ConversationOut,
+    responses=errors.responses(404),
+    tags=["conversations"],
 )
 def get_conversation(conversation_id: Id, who: Caller) -> Any:
     with reading() as session:
@@ -97,7 +101,7 @@ def get_conversation(conversation_id: Id, who: Caller) -> Any:
         return conv
 
 
-@router.get("/tickets", response_model=list[TicketOut], tags=["tickets"])
+@router.get("/tickets", response_model=Page[TicketOut], tags=["tickets"])
 def list_tickets(
     who: Caller,
     status: TicketStatus | None = None,
@@ -119,10 +123,15 @@ def list_tickets(
             where.append(column == value)
     where.append(Ticket.removed_by.is_not(None) if deleted else Ticket.removed_by.is_(None))
     with reading() as session:
-        return views.tickets(session, where, limit=limit)
+        return views.page(views.tickets(session, where, limit=limit + 1), limit)
 
 
-@router.get("/tickets/{ticket_id}", response_model=TicketOut, tags=["tickets"])
+@router.get(
+    "/tickets/{ticket_id}",
+    response_model=TicketOut,
+    responses=errors.responses(404),
+    tags=["tickets"],
+)
 def get_ticket(ticket_id: Id, who: Caller) -> Any:
     with reading() as session:
         found = views.tickets(session, [Ticket.id == ticket_id])
@@ -130,7 +139,13 @@ def get_ticket(ticket_id: Id, who: Caller) -> Any:
         return found[0]
 
 
-@router.get("/changes/{change_id:path}", response_model=ChangeOut, tags=["changes"])
+@router.get(
+    "/changes/{change_id:path}",
+    response_model=ChangeOut,
+    # As the write answered: pending (202), refused by a rule (404, 409, 422).
+    responses={**WRITE_RESPONSES, 202: {"model": ChangeOut, "description": "Pending."}},
+    tags=["changes"],
+)
 def get_change(change_id: str, who: Caller) -> Any:
     return changes.read(change_id, who)
 

@@ -7,9 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
+from api import errors
 from api.auth import Caller
 from api.errors import not_found
-from schemas.api import ContactOut
+from api.views import page
+from schemas.api import ContactOut, Page
 from schemas.types import Id
 from store.db import reading
 from store.models import Contact, Conversation
@@ -43,7 +45,7 @@ def _contacts(where: list[Any], limit: int) -> list[ContactOut]:
         ]
 
 
-@router.get("/contacts", response_model=list[ContactOut])
+@router.get("/contacts", response_model=Page[ContactOut])
 def list_contacts(
     who: Caller,
     handle: Annotated[
@@ -57,10 +59,10 @@ def list_contacts(
         where.append(Contact.account_id == who.account_id)
     if handle is not None:
         where.append(Contact.handle == handle.lower())
-    return _contacts(where, limit)
+    return page(_contacts(where, limit + 1), limit)
 
 
-@router.get("/contacts/{contact_id}", response_model=ContactOut)
+@router.get("/contacts/{contact_id}", response_model=ContactOut, responses=errors.responses(404))
 def get_contact(contact_id: Id, who: Caller) -> Any:
     found = _contacts([Contact.id == contact_id], 1)
     if not found or not who.sees(found[0].account_id):

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from api import errors
 from api.auth import Caller
 from api.errors import not_found
 from schemas.api import DeliveryOut
@@ -17,7 +18,9 @@ from store.models import Delivery, DeliveryOutcome, Inbox
 router = APIRouter(tags=["webhooks"])
 
 
-@router.get("/deliveries/{delivery_id}", response_model=DeliveryOut)
+@router.get(
+    "/deliveries/{delivery_id}", response_model=DeliveryOut, responses=errors.responses(404)
+)
 def get_delivery(delivery_id: Id, who: Caller) -> Any:
     with reading() as session:
         done = session.get(DeliveryOutcome, delivery_id)

@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import JSON
+from observability import metrics
 from store.db import engine
 from version import version
 
@@ -33,6 +35,17 @@ async def readyz() -> JSON:
     body: dict[str, Any] = {"status": "ready" if not failing else "not_ready", "version": version()}
     body["checks"] = {part: problem or "ok" for part, problem in checks.items()}
     return JSON(body, status_code=503 if failing else 200)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+    summary="Prometheus metrics: this service's counts, and the store's and broker's state",
+)
+async def prometheus() -> Response:
+    body, content_type = await run_in_threadpool(metrics.exposition, True)
+    return Response(body, media_type=content_type)
 
 
 def _store() -> str | None:

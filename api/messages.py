@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlalchemy import or_, select
 
-from api import views
+from api import errors, views
 from api.auth import Caller
 from api.errors import ApiError, not_found
 from handlers.threading import ref_key
@@ -19,7 +19,7 @@ from store.models import Inbox, Message
 router = APIRouter(tags=["messages"])
 
 
-@router.get("/messages/{message_id}", response_model=MessageOut)
+@router.get("/messages/{message_id}", response_model=MessageOut, responses=errors.responses(404))
 def get_message(message_id: Id, who: Caller) -> Any:
     with reading() as session:
         found = views.messages(session, [Message.id == message_id])

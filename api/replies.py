@@ -15,6 +15,7 @@ from fastapi import APIRouter, Header
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api import errors
 from api.auth import Caller
 from api.errors import JSON, not_found
 from api.views import account_of, reply_out
@@ -53,6 +54,7 @@ def _answer(reply_id: int, status: int) -> JSON:
     "/conversations/{conversation_id}/replies",
     status_code=202,
     response_model=ReplyOut,
+    responses=errors.responses(404, 409, 503),
     summary="Reply to the customer by mail (queued; sent once)",
 )
 def create_reply(
@@ -71,7 +73,7 @@ def create_reply(
     return _answer(reply_id, 202)
 
 
-@router.get("/replies/{reply_id}", response_model=ReplyOut)
+@router.get("/replies/{reply_id}", response_model=ReplyOut, responses=errors.responses(404))
 def get_reply(reply_id: Id, who: Caller) -> Any:
     with reading() as session:
         reply = session.get(Reply, reply_id)
@@ -80,7 +82,11 @@ def get_reply(reply_id: Id, who: Caller) -> Any:
         return reply_out(reply, _statuses(session, [reply]))
 
 
-@router.get("/conversations/{conversation_id}/replies", response_model=list[ReplyOut])
+@router.get(
+    "/conversations/{conversation_id}/replies",
+    response_model=list[ReplyOut],
+    responses=errors.responses(404),
+)
 def list_replies(conversation_id: Id, who: Caller) -> Any:
     with reading() as session:
         who.require(
@@ -110,6 +116,7 @@ def _statuses(session: Session, rows: Sequence[Reply]) -> dict[tuple[int, str], 
     "/replies/{reply_id}/resend",
     status_code=202,
     response_model=ReplyOut,
+    responses=errors.responses(404, 409, 503),
     summary="Queue a failed reply again, same mail and Message-ID",
 )
 def resend_reply(reply_id: Id, who: Caller) -> JSON:

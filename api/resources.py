@@ -1,5 +1,7 @@
 """Accounts, tokens, inboxes and owners: plain rows written by the API itself, through the
 validated admin writes the CLI uses too (handlers/admin.py); its errors map in api/errors.py.
+Tokens are listed (never shown again) and revoked; an inbox's secrets rotate, two sets valid at
+a time until the previous one is retired.
 
 ``Idempotency-Key`` on these writes: the first answer is stored with the row, in the same
 transaction, and returned to every retry with that key; the same key with another body is 422.
@@ -18,12 +20,14 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api import errors
 from api.auth import Admin, Caller, new_token
 from api.errors import JSON, ApiError
 from handlers import admin, routing
 from schemas.api import (
     AccountIn,
     AccountOut,
+    AccountPatch,
     InboxIn,
     InboxOut,
     OwnerIn,
@@ -31,11 +35,12 @@ from schemas.api import (
     TokenIn,
     TokenOut,
 )
+from schemas.ops import SecretsIn, SecretsOut, TokenInfo
 from schemas.outbound import OutboundConfig
 from schemas.types import Id
 from settings import get_settings
 from store.db import reading, transaction
-from store.models import Account, IdempotentResponse, Inbox, Owner
+from store.models import Account, ApiToken, IdempotentResponse, Inbox, Owner
 
 router = APIRouter()
 IdempotencyKey = Annotated[str | None, Header(max_length=200)]
@@ -107,7 +112,13 @@ def account_out(account: Account) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-@router.post("/accounts", status_code=201, response_model=AccountOut, tags=["admin"])
+@router.post(
+    "/accounts",
+    status_code=201,
+    response_model=AccountOut,
+    responses=errors.responses(409),
+    tags=["admin"],
+)
 def create_account(body: AccountIn, _: Admin, idempotency_key: IdempotencyKey = None) -> Any:
     write = admin.create_account(body)
     return idempotent(
@@ -128,7 +139,12 @@ def list_accounts(who: Caller) -> Any:
         return [account_out(a) for a in session.scalars(query)]
 
 
-@router.get("/accounts/{account_id}", response_model=AccountOut, tags=["admin"])
+@router.get(
+    "/accounts/{account_id}",
+    response_model=AccountOut,
+    responses=errors.responses(404),
+    tags=["admin"],
+)
 def get_account(account_id: Id, who: Caller) -> Any:
     with reading() as session:
         account = session.get(Account, account_id)
@@ -137,8 +153,33 @@ def get_account(account_id: Id, who: Caller) -> Any:
         return account_out(account)
 
 
+@router.patch(
+    "/accounts/{account_id}",
+    response_model=AccountOut,
+    responses=errors.responses(404, 409),
+    tags=["admin"],
+)
+def update_account(
+    account_id: Id, body: AccountPatch, _: Admin, idempotency_key: IdempotencyKey = None
+) -> Any:
+    """Change an account's name or tier (admin). A tier change routes the tickets created from
+    now on by R1/R2 (``ticket_location`` says where); existing tickets stay where they are."""
+    write = admin.update_account(account_id, body)
+    return idempotent(
+        f"accounts:{account_id}:patch",
+        idempotency_key,
+        body.model_dump(mode="json", exclude_unset=True),
+        200,
+        lambda session: account_out(write(session)),
+    )
+
+
 @router.post(
-    "/accounts/{account_id}/tokens", status_code=201, response_model=TokenOut, tags=["admin"]
+    "/accounts/{account_id}/tokens",
+    status_code=201,
+    response_model=TokenOut,
+    responses=errors.responses(404, 409),
+    tags=["admin"],
 )
 def create_token(
     account_id: Id, body: TokenIn, _: Admin, idempotency_key: IdempotencyKey = None
@@ -150,6 +191,32 @@ def create_token(
 
     scope = f"tokens:{account_id}"
     return idempotent(scope, idempotency_key, body.model_dump(mode="json"), 201, write)
+
+
+def token_info(row: ApiToken) -> dict[str, Any]:
+    return TokenInfo.model_validate(row, from_attributes=True).model_dump(mode="json")
+
+
+@router.get(
+    "/accounts/{account_id}/tokens",
+    response_model=list[TokenInfo],
+    responses={404: {}},
+    tags=["admin"],
+)
+def list_tokens(account_id: Id, who: Caller) -> Any:
+    """An account's API tokens: id, name, when made; never the token."""
+    read = admin.list_tokens(account_id, caller=who.account_id)
+    with reading() as session:
+        return [token_info(t) for t in read(session)]
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenInfo, responses={404: {}}, tags=["admin"])
+def revoke_token(token_id: Id, who: Caller) -> Any:
+    """Revoke a token (the admin, or the token's own account): the next request made with it is
+    answered 401."""
+    write = admin.revoke_token(token_id, account_id=who.account_id)
+    with transaction() as session:
+        return token_info(write(session))
 
 
 def inbox_out(inbox: Inbox) -> dict[str, Any]:
@@ -165,7 +232,13 @@ def inbox_out(inbox: Inbox) -> dict[str, Any]:
     ).model_dump()
 
 
-@router.post("/inboxes", status_code=201, response_model=InboxOut, tags=["inboxes"])
+@router.post(
+    "/inboxes",
+    status_code=201,
+    response_model=InboxOut,
+    responses=errors.responses(404, 409),
+    tags=["inboxes"],
+)
 def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = None) -> Any:
     account_id = who.account_for_create(body.account_id)
     write = admin.create_inbox(account_id, body)
@@ -179,13 +252,53 @@ def create_inbox(body: InboxIn, who: Caller, idempotency_key: IdempotencyKey = N
     )
 
 
-@router.put("/inboxes/{inbox_id}/outbound", response_model=InboxOut, tags=["inboxes"])
+@router.put(
+    "/inboxes/{inbox_id}/outbound",
+    response_model=InboxOut,
+    responses=errors.responses(404),
+    tags=["inboxes"],
+)
 def set_inbox_outbound(inbox_id: Id, body: OutboundBody, who: Caller) -> Any:
     """Set how the inbox's replies go out (provider and credentials); replaces the old setting.
     Replies already queued use the new setting from their next attempt."""
     write = admin.set_outbound(inbox_id, body, account_id=who.account_id)
     with transaction() as session:
         return inbox_out(write(session))
+
+
+def secrets_out(inbox: Inbox) -> dict[str, Any]:
+    previous = sorted(inbox.previous_secrets) if inbox.previous_secrets is not None else None
+    return SecretsOut(
+        inbox_id=inbox.id, current=sorted(inbox.secrets or {}), previous=previous
+    ).model_dump()
+
+
+@router.post(
+    "/inboxes/{inbox_id}/secrets",
+    response_model=SecretsOut,
+    responses={404: {}, 422: {}},
+    tags=["inboxes"],
+)
+def rotate_inbox_secrets(inbox_id: Id, body: SecretsIn, who: Caller) -> Any:
+    """Make these the inbox's secrets; the ones they replace stay valid (``previous``) until
+    retired, so the provider can be switched over without refused webhooks. The ingress caches
+    an inbox for 30 s: a new secret is accepted everywhere within that."""
+    write = admin.rotate_secrets(inbox_id, body, account_id=who.account_id)
+    with transaction() as session:
+        return secrets_out(write(session))
+
+
+@router.delete(
+    "/inboxes/{inbox_id}/secrets/previous",
+    response_model=SecretsOut,
+    responses={404: {}},
+    tags=["inboxes"],
+)
+def retire_inbox_secrets(inbox_id: Id, who: Caller) -> Any:
+    """Stop accepting the previous secrets (within the ingress's 30 s cache)."""
+    write = admin.retire_secrets(inbox_id, account_id=who.account_id)
+    with transaction() as session:
+        return secrets_out(write(session))
 
 
 @router.get("/inboxes", response_model=list[InboxOut], tags=["inboxes"])
@@ -203,7 +316,13 @@ def owner_out(owner: Owner) -> dict[str, Any]:
     ).model_dump()
 
 
-@router.post("/owners", status_code=201, response_model=OwnerOut, tags=["owners"])
+@router.post(
+    "/owners",
+    status_code=201,
+    response_model=OwnerOut,
+    responses=errors.responses(404, 409),
+    tags=["owners"],
+)
 def create_owner(body: OwnerIn, who: Caller, idempotency_key: IdempotencyKey = None) -> Any:
     account_id = who.account_for_create(body.account_id)
     write = admin.create_owner(account_id, body)

@@ -210,3 +210,11 @@ def account_of(session: Session, entity: str, entity_id: int) -> int | None:
     if entity == "conversation":
         return session.scalar(select(Conversation.account_id).where(Conversation.id == entity_id))
     return session.scalar(select(Ticket.account_id).where(Ticket.id == entity_id))
+
+
+def page(rows: list[Any], limit: int) -> dict[str, Any]:
+    """``rows`` read with ``limit + 1`` as a page of ``limit`` (schemas/api.py ``Page``)."""
+    items = rows[:limit]
+    last = items[-1] if items else None
+    last_id = last["id"] if isinstance(last, dict) else getattr(last, "id", None)
+    return {"items": items, "next_after_id": last_id if len(rows) > limit else None}

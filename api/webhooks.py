@@ -8,7 +8,9 @@ parsed, then turns the body into payloads; the batcher (api/batcher.py) puts the
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -22,12 +24,16 @@ from api import errors
 from api.errors import ApiError, not_found
 from handlers import journal
 from handlers.channels import adapter_for
-from handlers.channels.base import WebhookRequest, methods_of
+from handlers.channels.base import ChannelAdapter, SignatureError, WebhookRequest, methods_of
+from observability import logs, metrics
 from schemas.types import MAX_ID, Id
+from schemas.widget import webhook_request_body
 from store.db import reading
 from store.models import Inbox
 
 router = APIRouter(tags=["webhooks"])
+log = logging.getLogger(__name__)
+access = logging.getLogger("inboxsync.access")
 
 INBOX_CACHE_SECONDS = 30.0
 
@@ -37,6 +43,8 @@ class InboxInfo:
     id: int
     provider: str
     secrets: dict[str, Any]
+    # While its secrets rotate: the ones replaced, accepted too until retired.
+    previous_secrets: dict[str, Any] | None = None
 
 
 _inboxes: dict[int, tuple[float, InboxInfo]] = {}
@@ -46,7 +54,10 @@ _loading: dict[int, asyncio.Future[InboxInfo | None]] = {}
 def _load_inbox(inbox_id: int) -> InboxInfo | None:
     with reading() as session:
         inbox = session.get(Inbox, inbox_id)
-        return None if inbox is None else InboxInfo(inbox.id, inbox.provider, dict(inbox.secrets))
+        if inbox is None:
+            return None
+        previous = dict(inbox.previous_secrets) if inbox.previous_secrets else None
+        return InboxInfo(inbox.id, inbox.provider, dict(inbox.secrets), previous)
 
 
 async def inbox_info(inbox_id: int) -> InboxInfo | None:
@@ -75,11 +86,12 @@ class Answer:
     status: int
     body: Any = None
     text: str | None = None
+    text_type: str = "text/plain; charset=utf-8"
 
     def render(self) -> tuple[bytes, bytes]:
         """(content type, bytes)."""
         if self.text is not None:
-            return b"text/plain; charset=utf-8", self.text.encode()
+            return self.text_type.encode(), self.text.encode()
         return b"application/json", orjson.dumps(self.body, option=orjson.OPT_UTC_Z)
 
 
@@ -104,15 +116,21 @@ async def handle(
         raise not_found("inbox", inbox_id)
     adapter = adapter_for(inbox.provider)
     if method not in methods_of(adapter):
-        raise ApiError(405, "method_not_allowed", f"{inbox.provider} webhooks take no {method}")
+        allow = ", ".join(sorted(methods_of(adapter)))
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"{inbox.provider} webhooks take no {method}",
+            headers={"Allow": allow},
+        )
     webhook = WebhookRequest(
         method=method, url=url, headers=headers, query=query, body=body, inbox_id=inbox.id
     )
     if adapter.blocking:
-        await run_in_threadpool(adapter.verify, webhook, inbox.secrets, time.time())
+        await run_in_threadpool(_verify, adapter, webhook, inbox)
         accepted = await run_in_threadpool(adapter.accept, webhook)
     else:
-        adapter.verify(webhook, inbox.secrets, time.time())
+        _verify(adapter, webhook, inbox)
         accepted = adapter.accept(webhook)
     ids: list[int | None] = []
     if accepted.payloads:
@@ -121,7 +139,9 @@ async def handle(
             deliveries[0]["replay_key"] = accepted.replay_key
         ids = await state.batcher.submit(deliveries)
     if accepted.reply_text is not None:
-        return Answer(accepted.status or 200, text=accepted.reply_text)
+        return Answer(
+            accepted.status or 200, text=accepted.reply_text, text_type=accepted.reply_type
+        )
     if accepted.reply is not None:
         return Answer(accepted.status or 200, accepted.reply)
     known = [i for i in ids if i is not None]
@@ -130,15 +150,98 @@ async def handle(
     return Answer(accepted.status or 202, out)
 
 
+def _verify(adapter: ChannelAdapter, webhook: WebhookRequest, inbox: InboxInfo) -> None:
+    """The inbox's current secrets, then its previous ones while a rotation is in progress
+    (handlers/admin.py rotate_secrets). Refused by both: the current secrets' reason."""
+    now = time.time()
+    try:
+        adapter.verify(webhook, inbox.secrets, now)
+        return
+    except SignatureError as exc:
+        if not inbox.previous_secrets:
+            raise
+        refused = exc
+    try:
+        adapter.verify(webhook, inbox.previous_secrets, now)
+    except SignatureError:
+        raise refused from None
+
+
+async def observed(
+    state: Any,
+    inbox_id: int,
+    url: str,
+    headers: dict[str, str],
+    query: dict[str, str],
+    body: bytes,
+    method: str = "POST",
+) -> Answer:
+    """``handle``, counted and logged the same way on both paths (the fast ingress skips the
+    app's middleware): one access line with the request id and the deliveries it made, the
+    webhook counter by provider and code, and a refused signature logged with the inbox, the
+    provider and the reason, never the secret or the signature."""
+    started = time.monotonic()
+    request_id = headers.get("x-request-id") or uuid.uuid4().hex
+    cached = _inboxes.get(inbox_id)
+    provider = cached[1].provider if cached else "unknown"
+    with logs.bind(request_id=request_id[:64], inbox_id=inbox_id):
+        try:
+            answer = await handle(state, inbox_id, url, headers, query, body, method)
+        except Exception as exc:
+            status = errors.render(exc, quiet=True)[0]
+            if isinstance(exc, SignatureError):
+                provider = _provider_of(inbox_id, provider)
+                if metrics.enabled():
+                    metrics.SIGNATURE_FAILURES.labels(provider).inc()
+                log.warning(
+                    "webhook refused", extra={"fields": {"provider": provider, "reason": str(exc)}}
+                )
+            _done(state, method, inbox_id, provider, status, started, [])
+            raise
+        provider = _provider_of(inbox_id, provider)
+        ids = answer.body.get("deliveries", []) if isinstance(answer.body, dict) else []
+        _done(state, method, inbox_id, provider, answer.status, started, ids)
+        return answer
+
+
+def _provider_of(inbox_id: int, known: str) -> str:
+    cached = _inboxes.get(inbox_id)
+    return cached[1].provider if cached else known
+
+
+def _done(
+    state: Any,
+    method: str,
+    inbox_id: int,
+    provider: str,
+    status: int,
+    started: float,
+    delivery_ids: list[int],
+) -> None:
+    if metrics.enabled():
+        metrics.WEBHOOKS.labels(provider, str(status)).inc()
+    if state.settings.access_log:
+        took = (time.monotonic() - started) * 1000
+        access.info(
+            "%s /webhooks/%s %s %.1fms",
+            method,
+            inbox_id,
+            status,
+            took,
+            extra={"delivery_ids": delivery_ids or None, "fields": {"provider": provider}},
+        )
+
+
 @router.post(
     "/webhooks/{inbox_id}",
     status_code=202,
     summary="Inbound webhook of an inbox's provider",
-    responses={401: {}, 404: {}, 413: {}, 422: {}, 503: {}},
+    responses={401: {}, 403: {}, 404: {}, 413: {}, 422: {}, 503: {}},
+    openapi_extra={"requestBody": webhook_request_body()},
 )
 async def receive(inbox_id: Id, request: Request) -> Response:
     _check_declared_length(request.app.state.settings, request.headers.get("content-length"))
-    answer = await handle(
+    answer = await observed(
         request.app.state,
         inbox_id,
         str(request.url),
@@ -155,7 +258,7 @@ async def receive(inbox_id: Id, request: Request) -> Response:
     responses={200: {"content": {"text/plain": {}}}, 401: {}, 403: {}, 404: {}, 405: {}},
 )
 async def handshake(inbox_id: Id, request: Request) -> Response:
-    answer = await handle(
+    answer = await observed(
         request.app.state,
         inbox_id,
         str(request.url),
@@ -212,7 +315,7 @@ class Ingress:
                 url += "?" + scope["query_string"].decode("latin-1")
             if len(tail) > len(str(MAX_ID)):  # no row has it, and int() refuses 4,300 digits
                 raise not_found("inbox", tail[:20] + "…")
-            answer = await handle(self.state, int(tail), url, headers, query, body)
+            answer = await observed(self.state, int(tail), url, headers, query, body)
         except Exception as exc:
             status, out, extra = errors.render(exc)
             await errors.send_json(send, status, out, extra)

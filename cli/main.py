@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from cli import maintenance, ops
+
 if TYPE_CHECKING:
     from handlers.admin import Write
 
@@ -79,12 +81,18 @@ def serve(
             f"refusing to serve on {host} with the default admin token: set "
             "INBOXSYNC_ADMIN_TOKEN to a secret of your own (or serve on 127.0.0.1)"
         )
+    _observability("serve", several=workers > 1)
     if migrate_first:
         migrate()
     else:
         _preflight(broker=False)
     uvicorn.run(
-        "api.main:app", host=host, port=port, workers=workers, log_level="warning", access_log=False
+        "api.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,  # ours (observability/logs.py); the access log is the app's own
+        access_log=False,
     )
 
 
@@ -96,10 +104,18 @@ def worker(
     loglevel: str = "info",
 ) -> None:
     """Run a Celery worker with the project's configuration (celeryconfig.py)."""
+    _observability("worker", several=True, level=loglevel)
     _preflight(broker=True)
+    from settings import get_settings
     from workers.app import app as celery_app
 
-    argv = ["worker", "-Q", queues, "--pool", pool, "--loglevel", loglevel]
+    # Queues are named as the code names them; on the broker with INBOXSYNC_QUEUE_PREFIX.
+    named = ",".join(get_settings().queue_name(q.strip()) for q in queues.split(",") if q.strip())
+    argv = ["worker", "-Q", named, "--pool", pool, "--loglevel", loglevel]
+    if pool == "solo" and not concurrency:
+        # One task at a time: Celery would size the prefetch by the CPU count, and RabbitMQ
+        # pushes that many messages to the worker, held from other workers and from coalescing.
+        concurrency = 1
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     celery_app.worker_main(argv)
@@ -119,6 +135,21 @@ def scheduler() -> None:
         pass
     finally:
         runner.stop()
+
+
+def _observability(role: str, *, several: bool, level: str | None = None) -> None:
+    """Logs in the configured format; metrics shared by this process and its children
+    (multiprocess mode) when there are several. Before anything counts or logs."""
+    from settings import get_settings
+
+    settings = get_settings()
+    if several:
+        from observability.multiprocess import use_directory
+
+        use_directory(settings.data_dir, role)
+    from observability import logs
+
+    logs.configure(settings.log_format, level or settings.log_level)
 
 
 def _loopback(host: str) -> bool:
@@ -185,6 +216,37 @@ def create_account(
         lambda: admin.create_account(admin.parse(AccountIn.model_validate, raw, "account"))
     )
     typer.echo(account.id)
+
+
+@app.command("update-account")
+def update_account(
+    account_id: int,
+    tier: Annotated[
+        str | None, typer.Option(help="free, starter, professional or enterprise")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="a new name")] = None,
+) -> None:
+    """Change an account's tier or name. A tier change routes the tickets created from now on
+    (R1/R2); existing tickets stay where they are. Prints the account's id, tier and where its
+    new tickets go."""
+    from handlers import admin, routing
+    from schemas.api import AccountPatch
+    from settings import get_settings
+
+    raw = {k: v for k, v in (("name", name), ("tier", tier)) if v is not None}
+    account = _commit(
+        lambda: admin.update_account(
+            account_id, admin.parse(AccountPatch.model_validate, raw, "account change")
+        )
+    )
+    settings = get_settings()
+    goes = routing.ticket_location(
+        account.tier,
+        account.created_at,
+        cutoff=settings.helpdesk_cutoff,
+        helpdesk_tiers=settings.helpdesk_tiers,
+    )
+    typer.echo(f"account {account.id} {account.name!r}: tier {account.tier}, new tickets: {goes}")
 
 
 @app.command("create-inbox")
@@ -267,22 +329,48 @@ def ingest(
 @app.command("set-outbound")
 def set_outbound(
     inbox_id: int,
-    via: Annotated[str, typer.Option(help="postmark, mailgun, sendgrid or smtp")],
-    sender: Annotated[str, typer.Option("--from", help='"Name <address>" replies come from')],
+    via: Annotated[
+        str,
+        typer.Option(
+            help="mail: postmark, mailgun, sendgrid, smtp; chat: slack, twilio, whatsapp, "
+            "telegram, widget"
+        ),
+    ],
+    sender: Annotated[
+        str | None,
+        typer.Option("--from", help='mail only: "Name <address>" replies come from'),
+    ] = None,
     setting: Annotated[
-        list[str] | None, typer.Option(help="key=value, repeatable (server_token, host, …)")
+        list[str] | None,
+        typer.Option(help="key=value, repeatable: the via's settings, listed above"),
     ] = None,
 ) -> None:
-    """Set how an inbox's replies go out (see README, Replies)."""
+    """Set how an inbox's replies go out (README: Replies; chat: Ingestion, Chat).
+
+    \b
+    --via and its --setting keys: required; optional (default)
+    mail, with --from:
+      postmark  server_token; message_stream (outbound), api_url
+      mailgun   api_key, domain; api_url (https://api.eu.mailgun.net for the EU)
+      sendgrid  api_key; api_url
+      smtp      host; port (587), security (starttls, tls, none), username, password
+    chat, no --from (a reply goes back into the chat it answers):
+      slack     bot_token (xoxb-…); api_url
+      twilio    account_sid, auth_token; api_url, status_callback_url (the inbox's webhook URL)
+      whatsapp  access_token, phone_number_id; api_url (https://graph.facebook.com/v21.0)
+      telegram  bot_token; api_url
+      widget    reply_url, signing_secret (whsec_ and base64)
+    every via: timeout_s (30); api_url defaults to the provider's own API.
+    """
     from handlers import admin
 
     def prepare() -> Write[Any]:
-        raw = {"via": via, "from": sender, **_pairs("--setting", setting)}
+        raw = {"via": via, **({"from": sender} if sender else {}), **_pairs("--setting", setting)}
         config = admin.parse(admin.OUTBOUND.validate_python, raw, "outbound setting")
         return admin.set_outbound(inbox_id, config, account_id=None)
 
     _commit(prepare)
-    typer.echo(f"inbox {inbox_id} replies via {via} from {sender}")
+    typer.echo(f"inbox {inbox_id} replies via {via}" + (f" from {sender}" if sender else ""))
 
 
 @app.command()
@@ -425,6 +513,9 @@ def create_token(account_id: int, name: str = "cli") -> None:
     )
     typer.echo(token)
 
+
+ops.register(app)  # status, dead-letters, tokens and inbox secrets (cli/ops.py)
+maintenance.register(app)  # reconcile (cli/maintenance.py)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,7 @@
 """Admin writes, validated in one place, for the HTTP API (api/resources.py) and the CLI
-(cli/main.py): accounts, API tokens, inboxes, an inbox's outbound setting, owners.
+(cli/main.py, cli/ops.py): accounts (made; name and tier changed), API tokens (made, listed,
+revoked), inboxes, an inbox's outbound setting and secrets (rotated, the previous ones retired),
+owners.
 
 Each function takes the request's pydantic model (schemas/api.py, schemas/outbound.py), checks
 what can be checked without the store, and returns the write to run in the caller's transaction
@@ -22,15 +24,17 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from handlers import netguard
 from handlers.channels import REGISTRY
 from handlers.channels.base import describe
-from schemas.api import AccountIn, InboxIn, OwnerIn, TokenIn
+from schemas.api import AccountIn, AccountPatch, InboxIn, OwnerIn, TokenIn
+from schemas.ops import SecretsIn
 from schemas.outbound import OutboundConfig, SmtpOutbound, WidgetOutbound
 from settings import get_settings
-from store.models import Account, ApiToken, Inbox, Owner
+from store.models import Account, AccountRevision, ApiToken, Inbox, Owner
 
 T = TypeVar("T")
 Write = Callable[[Session], T]
@@ -74,6 +78,41 @@ def create_account(body: AccountIn, *, now: datetime | None = None) -> Write[Acc
     return write
 
 
+def update_account(
+    account_id: int, body: AccountPatch, *, now: datetime | None = None
+) -> Write[Account]:
+    """Change what ``body`` names (name, tier) and keep a revision of what it was. A tier change
+    routes the tickets created from ``now`` on (R1/R2 read the tier in force when a ticket was
+    created: handlers/routing.py ``tier_at``); existing tickets stay where they are. Setting the
+    values an account already has changes nothing and records nothing (a retry is harmless)."""
+
+    def write(session: Session) -> Account:
+        account = session.get(Account, account_id, with_for_update=True)
+        if account is None:
+            raise NotFound(f"account {account_id} not found")
+        before: dict[str, Any] = {}
+        after: dict[str, Any] = {}
+        for name in sorted(body.model_fields_set):
+            value = getattr(body, name)
+            if getattr(account, name) != value:
+                before[name], after[name] = getattr(account, name), value
+                setattr(account, name, value)
+        if after:
+            session.add(
+                AccountRevision(
+                    account_id=account_id,
+                    changed_at=now or datetime.now(UTC),
+                    before=before,
+                    after=after,
+                    tier_before=before.get("tier"),
+                )
+            )
+            session.flush()
+        return account
+
+    return write
+
+
 def create_token(account_id: int, body: TokenIn, token_sha256: str) -> Write[ApiToken]:
     """Store a token's digest (api/auth.py makes the token, shown once, and its digest)."""
 
@@ -86,6 +125,39 @@ def create_token(account_id: int, body: TokenIn, token_sha256: str) -> Write[Api
             created_at=datetime.now(UTC),
         )
         session.add(row)
+        session.flush()
+        return row
+
+    return write
+
+
+def list_tokens(account_id: int, *, caller: int | None) -> Write[list[ApiToken]]:
+    """An account's tokens (their digests stay in the store). ``caller``: the caller's account
+    (another account is not found, as a missing one); None for the admin."""
+
+    def read(session: Session) -> list[ApiToken]:
+        if caller is not None and caller != account_id:
+            raise NotFound(f"account {account_id} not found")
+        _account(session, account_id)
+        return list(
+            session.scalars(
+                select(ApiToken).where(ApiToken.account_id == account_id).order_by(ApiToken.id)
+            )
+        )
+
+    return read
+
+
+def revoke_token(token_id: int, *, account_id: int | None) -> Write[ApiToken]:
+    """Delete a token: the next request made with it is refused (401); every request reads the
+    store (api/auth.py), so nothing caches it. ``account_id``: the caller's account (another
+    account's token is not found); None for the admin."""
+
+    def write(session: Session) -> ApiToken:
+        row = session.get(ApiToken, token_id)
+        if row is None or (account_id is not None and row.account_id != account_id):
+            raise NotFound(f"token {token_id} not found")
+        session.delete(row)
         session.flush()
         return row
 
@@ -121,10 +193,37 @@ def set_outbound(inbox_id: int, config: OutboundConfig, *, account_id: int | Non
     check_outbound(config)
 
     def write(session: Session) -> Inbox:
-        inbox = session.get(Inbox, inbox_id)
-        if inbox is None or (account_id is not None and inbox.account_id != account_id):
-            raise NotFound(f"inbox {inbox_id} not found")
+        inbox = _inbox(session, inbox_id, account_id)
         inbox.outbound = config.model_dump(by_alias=True)
+        session.flush()
+        return inbox
+
+    return write
+
+
+def rotate_secrets(inbox_id: int, body: SecretsIn, *, account_id: int | None) -> Write[Inbox]:
+    """Make ``body.secrets`` the inbox's secrets and keep the ones they replace as ``previous``:
+    a webhook signed with either is accepted (api/webhooks.py) until ``retire_secrets``. At most
+    two sets: rotating again before retiring replaces the previous ones. Rotating to the secrets
+    already current changes nothing (a retried request must not retire the old ones)."""
+
+    def write(session: Session) -> Inbox:
+        inbox = _inbox(session, inbox_id, account_id)
+        if dict(inbox.secrets or {}) != body.secrets:
+            inbox.previous_secrets = dict(inbox.secrets or {})
+            inbox.secrets = dict(body.secrets)
+            session.flush()
+        return inbox
+
+    return write
+
+
+def retire_secrets(inbox_id: int, *, account_id: int | None) -> Write[Inbox]:
+    """Stop accepting the previous secrets (none: nothing changes)."""
+
+    def write(session: Session) -> Inbox:
+        inbox = _inbox(session, inbox_id, account_id)
+        inbox.previous_secrets = None
         session.flush()
         return inbox
 
@@ -148,6 +247,14 @@ def create_owner(account_id: int, body: OwnerIn) -> Write[Owner]:
 def _account(session: Session, account_id: int) -> None:
     if session.get(Account, account_id) is None:
         raise NotFound(f"account {account_id} not found")
+
+
+def _inbox(session: Session, inbox_id: int, account_id: int | None) -> Inbox:
+    """The inbox, locked for the write, if the caller (``account_id``; None: admin) may see it."""
+    inbox = session.get(Inbox, inbox_id, with_for_update=True)
+    if inbox is None or (account_id is not None and inbox.account_id != account_id):
+        raise NotFound(f"inbox {inbox_id} not found")
+    return inbox
 
 
 def check_outbound(config: OutboundConfig, *, field: str = "") -> None:

@@ -29,6 +29,7 @@ from handlers.channels import adapter_for
 from handlers.channels.base import WebhookError, describe
 from handlers.ingest import ingest
 from handlers.outbound import statuses
+from observability import metrics
 from schemas import changes as c
 from schemas.inbound import DeliveryUpdate, InboundMessage, IngestOutcome, MessageEdit, Normalized
 from settings import Settings, get_settings
@@ -281,6 +282,11 @@ def _record_outcomes(
             }
         )
     bulk.insert_many(session, DeliveryOutcome, records)
+    if metrics.enabled():
+        for record in records:
+            metrics.DELIVERIES.labels(record["state"]).inc()
+            if record["state"] != "dead":
+                metrics.COMMIT_LATENCY.observe(metrics.since(record["received_at"]))
 
 
 def _bury(ids: list[int], task_id: str | None) -> Counts:

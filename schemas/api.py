@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.changes import Action, ConversationStatus, Location, TicketStatus
+from schemas.changes import ApiAction, ConversationStatus, Location, TicketStatus
 from schemas.outbound import NUL_REFUSED, OutboundConfig, ReplyState
-from schemas.types import Id, Timestamp
+from schemas.types import Id, IsoTime, Timestamp
 
 Tier = Literal["free", "starter", "professional", "enterprise"]
 Channel = Literal["email", "chat"]
@@ -103,9 +103,29 @@ class _Body(BaseModel):
 class AccountIn(_Body):
     name: str = Field(min_length=1, max_length=200)
     tier: Tier
-    created_at: AwareDatetime | None = Field(
+    created_at: IsoTime | None = Field(
         default=None, description="When the account was created; R1/R2 read it. Default: now."
     )
+
+
+class AccountPatch(_Body):
+    """What an admin may change on an account: its name and its tier. ``created_at`` is a fact
+    R1/R2 read and is not changed. A tier change routes the tickets created after it (R1/R2);
+    tickets that exist stay where they are."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    tier: Tier | None = Field(
+        default=None, description="Tickets created from now on are routed by it (R1/R2)."
+    )
+
+    @model_validator(mode="after")
+    def _something_given(self) -> AccountPatch:
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may not be null")
+        if not self.model_fields_set:
+            raise ValueError("nothing to change: give name or tier")
+        return self
 
 
 class AccountOut(BaseModel):
@@ -225,6 +245,19 @@ class MessageOut(BaseModel):
     delivery: ReplyState | None = None
 
 
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """A page of a list that grows with traffic, in id order: pass ``next_after_id`` as
+    ``after_id`` to get the next page; null on the last one."""
+
+    items: list[Item]
+    next_after_id: int | None = Field(
+        description="the last id of this page when more follow (as after_id); null: the last page"
+    )
+
+
 class ConversationOut(BaseModel):
     id: int
     account_id: int
@@ -315,8 +348,8 @@ class ChangeIn(_Body):
     """A change with a caller-chosen identity and time, e.g. an event replayed from elsewhere."""
 
     id: str | None = Field(default=None, min_length=1, max_length=150)
-    occurred_at: AwareDatetime | None = None
-    action: Action
+    occurred_at: IsoTime | None = None
+    action: ApiAction
 
 
 class ChangeOut(BaseModel):
@@ -327,7 +360,12 @@ class ChangeOut(BaseModel):
     )
     duplicate: bool = False
     replayed: bool = False
-    error: str | None = None
+    error: str | None = Field(
+        default=None,
+        description="Refused or failed: a code (rejected, not_found, invalid_request, failed), "
+        "as every error of the API has; `message` says why.",
+    )
+    message: str | None = None
     rule: str | None = None
     occurred_at: Timestamp | None = Field(
         default=None, description="Where the change stands in its case's history."

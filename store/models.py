@@ -81,6 +81,8 @@ class Inbox(Base):
     channel: Mapped[str] = mapped_column(String(10))
     provider: Mapped[str] = mapped_column(String(40))
     secrets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # While secrets rotate: the ones replaced, still accepted until retired (api/webhooks.py).
+    previous_secrets: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # How replies go out (schemas/outbound.py); none: the inbox cannot reply.
     outbound: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     __table_args__ = (CheckConstraint("channel IN ('email','chat')", name="channel_known"),)
@@ -403,7 +405,11 @@ class DeadLetter(Base):
     """A payload a worker could not process, kept whole with the error, instead of a retry loop.
 
     ``fingerprint`` (task + payload digest) makes recording idempotent; ``key`` is what a caller
-    looks it up by (a change id for API writes)."""
+    looks it up by (a change id for API writes). ``inbox_id`` / ``account_id``: whose it is (an
+    ingest letter's inbox, a change's account), for tenancy; none for a batch-level letter.
+    ``state``: ``waiting``, ``replayed`` (put back on the normal path, ``replays`` times, last at
+    ``replayed_at``, as ``replayed_as``; back to ``waiting`` if it fails again) or ``discarded``
+    (kept, never replayed): handlers/deadletters.py."""
 
     __tablename__ = "dead_letters"
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -416,3 +422,32 @@ class DeadLetter(Base):
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
+    inbox_id: Mapped[int | None] = mapped_column(BigInteger)
+    account_id: Mapped[int | None] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(10), default="waiting", server_default="waiting")
+    replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    replayed_at: Mapped[datetime | None]
+    replayed_as: Mapped[str | None] = mapped_column(String(300))
+    discarded_at: Mapped[datetime | None]
+    __table_args__ = (
+        CheckConstraint("state IN ('waiting','replayed','discarded')", name="state_known"),
+        Index("ix_dead_letters_account_state", "account_id", "state"),
+        Index("ix_dead_letters_state_created", "state", "created_at"),
+    )
+
+
+class AccountRevision(Base):
+    """An admin's change to an account (``PATCH /accounts/{id}``, ``inboxsync update-account``,
+    handlers/admin.py): what the changed fields were and became, and when. ``tier_before`` is set
+    when the tier changed: a ticket takes the tier in force when it was created (R1/R2,
+    handlers/routing.py ``tier_at``), so a tier change routes the tickets created after it and
+    leaves the others where they are."""
+
+    __tablename__ = "account_revisions"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    changed_at: Mapped[datetime]
+    before: Mapped[dict[str, Any]] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tier_before: Mapped[str | None] = mapped_column(String(20))
+    __table_args__ = (Index("ix_account_revisions_account_changed", "account_id", "changed_at"),)

@@ -2,9 +2,11 @@
 
 With ``DATABASE_URL`` set (CI: the machine's PostgreSQL), the run works in a schema of its own
 inside that database and drops it at the end; otherwise a SQLite file in a temporary directory.
-With ``CELERY_BROKER_URL`` set (CI: Redis), worker tests use that Redis database with every key
-under a prefix of the run's own, deleted at the end; otherwise the embedded SQLite broker. Nothing
-else is created, flushed or dropped (tests/scratch.py). The variables are read here once and then
+With ``CELERY_BROKER_URL`` set (CI: Redis, then RabbitMQ for the worker tests), worker tests use
+that Redis database with every key under a prefix of the run's own, or that RabbitMQ vhost with
+every queue and exchange named under a prefix of the run's own (``INBOXSYNC_QUEUE_PREFIX``),
+deleted at the end; otherwise the embedded SQLite broker. Nothing else is created, flushed or
+dropped (tests/scratch.py). The variables are read here once and then
 replaced by the run's own, so that nothing touches a developer's data.
 """
 
@@ -37,8 +39,9 @@ os.environ["DATABASE_URL"] = SCRATCH.env.get(
 os.environ["CELERY_BROKER_URL"] = SCRATCH.env.get(
     "CELERY_BROKER_URL", _ORIGINAL_BROKER or f"sqlq+sqlite:///{DATA_DIR / 'broker.sqlite'}"
 )
-if "INBOXSYNC_REDIS_KEY_PREFIX" in SCRATCH.env:
-    os.environ["INBOXSYNC_REDIS_KEY_PREFIX"] = SCRATCH.env["INBOXSYNC_REDIS_KEY_PREFIX"]
+for _name in ("INBOXSYNC_REDIS_KEY_PREFIX", "INBOXSYNC_QUEUE_PREFIX"):
+    if _name in SCRATCH.env:
+        os.environ[_name] = SCRATCH.env[_name]
 os.environ.setdefault("INBOXSYNC_ADMIN_TOKEN", "test-admin-token")
 os.environ.setdefault("INBOXSYNC_API_WAIT_TIMEOUT_S", "20")
 # Replies: short waits, so that retries and recovery happen within a test (worker processes
@@ -50,18 +53,23 @@ os.environ.setdefault("INBOXSYNC_OUTBOUND_SWEEP_GRACE_S", "0")
 # all of them must sweep quickly, the in-process app and the worker processes alike.
 os.environ.setdefault("INBOXSYNC_SWEEP_INTERVAL_S", "1")
 os.environ.setdefault("INBOXSYNC_SWEEP_AFTER_S", "5")
+# Reconciliation (handlers/reconcile.py) off in the background: the tests that make drift on
+# purpose run it themselves (tests/test_reconcile.py), and nothing else races them to it.
+os.environ.setdefault("INBOXSYNC_RECONCILE_INTERVAL_S", "0")
 # The fake providers listen on loopback, which workers refuse by default (handlers/netguard.py).
 os.environ.setdefault("INBOXSYNC_OUTBOUND_ALLOW_PRIVATE", "true")
 
 USING_POSTGRES = os.environ["DATABASE_URL"].startswith("postgresql")
 USING_REDIS = os.environ["CELERY_BROKER_URL"].startswith("redis")
+USING_AMQP = os.environ["CELERY_BROKER_URL"].startswith(("amqp", "pyamqp"))
 
 
 def pytest_report_header() -> list[str]:
     return [
         f"inboxsync store: {os.environ['DATABASE_URL']}",
         f"inboxsync broker: {os.environ['CELERY_BROKER_URL']}"
-        + (f" (keys under {SCRATCH.redis_prefix})" if SCRATCH.redis_prefix else ""),
+        + (f" (keys under {SCRATCH.redis_prefix})" if SCRATCH.redis_prefix else "")
+        + (f" (queues under {SCRATCH.queue_prefix})" if SCRATCH.queue_prefix else ""),
     ]
 
 
@@ -84,6 +92,7 @@ def worker(migrated: None) -> Iterator[None]:
     """A Celery worker in a thread of the test process, on the run's broker (module-wide)."""
     from celery.contrib.testing.worker import start_worker
 
+    from settings import get_settings
     from workers.app import app
 
     with start_worker(
@@ -91,7 +100,7 @@ def worker(migrated: None) -> Iterator[None]:
         pool="solo",
         perform_ping_check=False,
         shutdown_timeout=30,
-        queues=["ingest", "inbox", "helpdesk", "bulk"],
+        queues=[get_settings().queue_name(q) for q in ("ingest", "inbox", "helpdesk", "bulk")],
     ):
         yield
 

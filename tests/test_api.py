@@ -32,7 +32,7 @@ def client(db: None, worker: None) -> Iterator[TestClient]:
 def conversations(client: TestClient, acct: dict[str, Any], **params: Any) -> list[dict[str, Any]]:
     response = client.get("/conversations", params=params, headers=acct["auth"])
     assert response.status_code == 200, response.text
-    return response.json()
+    return response.json()["items"]
 
 
 def wait_conversations(client: TestClient, acct: dict[str, Any], n: int) -> list[dict[str, Any]]:
@@ -168,7 +168,9 @@ def test_R1_ticket_of_new_enterprise_account_goes_to_help_desk(client: TestClien
     assert body["ticket"]["location"] == "help_desk"
     assert body["conversation"]["location"] == "help_desk"
     assert body["conversation"]["ticket_id"] == body["ticket"]["id"]
-    listed = client.get("/tickets", params={"location": "help_desk"}, headers=acct["auth"]).json()
+    listed = client.get("/tickets", params={"location": "help_desk"}, headers=acct["auth"]).json()[
+        "items"
+    ]
     assert [t["id"] for t in listed] == [body["ticket"]["id"]]
 
 
@@ -214,7 +216,7 @@ def test_T1_idempotency_key_returns_first_result(client: TestClient) -> None:
     # Without the key, asking again is T1: the existing ticket, no second one.
     other = client.post(f"/conversations/{conv['id']}/ticket", json={}, headers=acct["auth"])
     assert other.json()["ticket"]["id"] == first.json()["ticket"]["id"]
-    assert len(client.get("/tickets", headers=acct["auth"]).json()) == 1
+    assert len(client.get("/tickets", headers=acct["auth"]).json()["items"]) == 1
     reused = client.post(
         f"/conversations/{conv['id']}/ticket", json={"priority": "high"}, headers=headers
     )
@@ -287,7 +289,7 @@ def test_token_of_another_account_gets_404(client: TestClient) -> None:
     response = client.post(f"/conversations/{conv['id']}/ticket", json={}, headers=b["auth"])
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
-    assert client.get("/tickets", headers=a["auth"]).json() == []
+    assert client.get("/tickets", headers=a["auth"]).json() == {"items": [], "next_after_id": None}
     assert client.get(f"/accounts/{a['account']['id']}", headers=b["auth"]).status_code == 404
     assert (
         client.post("/accounts", json={"name": "x", "tier": "free"}, headers=b["auth"]).status_code
@@ -324,9 +326,14 @@ def test_bad_input_is_4xx_json_and_nothing_is_written(client: TestClient) -> Non
 
 
 def test_poison_change_ends_in_dead_letter_and_worker_lives_on(client: TestClient) -> None:
+    from settings import get_settings
     from workers.app import app
 
-    app.send_task(pipeline.APPLY_TASK, args=[{"id": "poison-1", "nonsense": True}], queue="inbox")
+    app.send_task(
+        pipeline.APPLY_TASK,
+        args=[{"id": "poison-1", "nonsense": True}],
+        queue=get_settings().queue_name("inbox"),
+    )
 
     def dead_letter() -> DeadLetter | None:
         with reading() as session:
@@ -355,3 +362,32 @@ def test_openapi_is_served(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/webhooks/{inbox_id}" in spec["paths"]
     assert "/conversations/{conversation_id}/ticket" in spec["paths"]
+    # The bearer scheme is declared (the Authorize button of /docs) and used by the API routes.
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/conversations"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/webhooks/{inbox_id}"]["post"]  # signed, not bearer
+    for path in ("/conversations", "/tickets", "/contacts", "/dead-letters"):
+        page = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]
+        ref = page["schema"]["$ref"].rsplit("/", 1)[-1]
+        assert set(spec["components"]["schemas"][ref]["properties"]) == {"items", "next_after_id"}
+
+
+def test_lists_are_pages_that_end_with_a_null_cursor(client: TestClient) -> None:
+    acct = setup_account(client)
+    for i in range(5):
+        post_webhook(client, acct["inbox"], message(f"p{i}", thread=f"p{i}"))
+    eventually(lambda: len(conversations(client, acct, limit=500)) == 5)
+    seen: list[int] = []
+    after, pages = 0, 0
+    while after is not None:
+        got = client.get(
+            "/conversations", params={"limit": 2, "after_id": after}, headers=acct["auth"]
+        )
+        assert got.status_code == 200, got.text
+        body = got.json()
+        seen += [c["id"] for c in body["items"]]
+        after, pages = body["next_after_id"], pages + 1
+        assert after is None or after == body["items"][-1]["id"]
+    assert pages == 3 and seen == sorted(seen) and len(seen) == 5
+    exact = client.get("/conversations", params={"limit": 5}, headers=acct["auth"]).json()
+    assert len(exact["items"]) == 5 and exact["next_after_id"] is None  # no empty last page

@@ -259,7 +259,8 @@ def test_a_worker_at_debug_level_prints_no_secret_key_or_text(
             assert sent.status_code == 202
             enqueue([journal.delivery(acct["inbox"], "generic", {"text": TEXT})])  # dead
             conv = eventually(
-                lambda: client.get("/conversations", headers=acct["auth"]).json(), timeout=60
+                lambda: client.get("/conversations", headers=acct["auth"]).json()["items"],
+                timeout=60,
             )[0]
             queued = client.post(
                 f"/conversations/{conv['id']}/replies",

@@ -43,7 +43,7 @@ def post_raw(client: TestClient, inbox: int, raw: bytes) -> None:
 
 def listed(client: TestClient, acct: dict[str, Any], n: int, **params: Any) -> list[Any]:
     def enough() -> list[Any] | None:
-        found = client.get("/conversations", params=params, headers=acct["auth"]).json()
+        found = client.get("/conversations", params=params, headers=acct["auth"]).json()["items"]
         return found if len(found) == n and all(c["message_count"] for c in found) else None
 
     return eventually(enough)
@@ -103,7 +103,7 @@ def test_contacts_list_their_conversations_and_lists_count_messages(client):
     post_webhook(client, acct["inbox"], message("m9", thread="a1", sender="ana@example.com"))
     convs = eventually(
         lambda: (
-            (found := client.get("/conversations", headers=acct["auth"]).json())
+            (found := client.get("/conversations", headers=acct["auth"]).json()["items"])
             and sum(c["message_count"] for c in found) == 4
             and found
         )
@@ -112,11 +112,11 @@ def test_contacts_list_their_conversations_and_lists_count_messages(client):
     assert counts == {"a1": 2, "a2": 1, "b1": 1}
     [ana] = client.get(
         "/contacts", params={"handle": "ANA@example.com"}, headers=acct["auth"]
-    ).json()
+    ).json()["items"]
     assert ana["conversation_count"] == 2
     hers = client.get(
         "/conversations", params={"contact_id": ana["id"]}, headers=acct["auth"]
-    ).json()
+    ).json()["items"]
     assert sorted(c["thread_key"] for c in hers) == ["a1", "a2"]
     assert client.get(f"/contacts/{ana['id']}", headers=acct["auth"]).json() == ana
 
@@ -133,7 +133,7 @@ def test_trashed_any_lists_live_and_trashed(client):
             c["id"]
             for c in client.get(
                 "/conversations", params={"trashed": flag}, headers=acct["auth"]
-            ).json()
+            ).json()["items"]
         ]
         for flag in ("false", "true", "any")
     }

@@ -69,7 +69,9 @@ def customer_writes(client: TestClient, inbox: int, auth: dict[str, str]) -> int
         headers={"Content-Type": "message/rfc822", "Authorization": "Bearer raw-s3cret"},
     )
     assert answer.status_code == 202, answer.text
-    convs = eventually(lambda: client.get("/conversations", headers=auth).json(), timeout=60)
+    convs = eventually(
+        lambda: client.get("/conversations", headers=auth).json()["items"], timeout=60
+    )
     return int(convs[0]["id"])
 
 

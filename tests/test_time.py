@@ -30,7 +30,7 @@ def client(db: None, worker: None) -> Iterator[TestClient]:
 
 def conversation_of(client: TestClient, acct: dict[str, Any], n: int = 1) -> dict[str, Any]:
     def stored() -> dict[str, Any] | None:
-        found = client.get("/conversations", headers=acct["auth"]).json()
+        found = client.get("/conversations", headers=acct["auth"]).json()["items"]
         if len(found) != 1:
             return None
         full = client.get(f"/conversations/{found[0]['id']}", headers=acct["auth"]).json()

@@ -47,9 +47,11 @@ def take_more(app: Celery, queue: str, have: int, limit: int) -> Taken:
     taken, strangers = Taken(), []
     channel = _channel(app)
     while have + len(taken.ids) < limit:
-        message = channel.basic_get(queue, no_ack=False)
-        if message is None:
+        raw = channel.basic_get(queue, no_ack=False)
+        if raw is None:
             break
+        # A kombu message (decode, ack, reject) whatever the transport: py-amqp's is raw.
+        message = channel.message_to_python(raw)
         ids = _delivery_ids(message)
         if ids is None:
             strangers.append(message)  # not ours to run here: Celery's consumer will

@@ -11,6 +11,7 @@ error, and the task is acknowledged instead of retried forever.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Task
@@ -18,11 +19,13 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from handlers import deadletters, pipeline
 from handlers.outbound import replies
+from observability import logs, metrics
 from settings import get_settings
 from workers import coalesce, publish
 from workers.app import app
 
 TRANSIENT = (*pipeline.TRANSIENT_DB_ERRORS, BrokerOperationalError, ConnectionError)
+log = logging.getLogger(__name__)
 
 
 class InboxsyncTask(Task):  # type: ignore[misc]
@@ -46,30 +49,43 @@ class InboxsyncTask(Task):  # type: ignore[misc]
             attempts=self.request.retries + 1,
             key=key,
         )
+        if metrics.enabled():
+            metrics.DEAD_LETTERS.labels(self.name).inc()
+        log.error("task %s failed for good: %s", self.name, type(exc).__name__)
 
 
 @app.task(name=pipeline.INGEST_TASK, base=InboxsyncTask, bind=True)
 def ingest_batch(self: Task, delivery_ids: list[int]) -> dict[str, int]:
     # What else has queued up goes in the same transaction (workers/coalesce.py).
     limit = get_settings().ingest_transaction_max
-    more = coalesce.take_more(self.app, "ingest", len(delivery_ids), limit)
-    try:
-        counts = pipeline.process_deliveries(delivery_ids + more.ids, task_id=self.request.id)
-    except BaseException:
-        more.settle(done=False)
-        raise
-    more.settle(done=True)
+    more = coalesce.take_more(
+        self.app, get_settings().queue_name("ingest"), len(delivery_ids), limit
+    )
+    ids = delivery_ids + more.ids
+    with logs.bind(delivery_ids=ids, task_id=self.request.id):
+        try:
+            counts = pipeline.process_deliveries(ids, task_id=self.request.id)
+        except BaseException:
+            more.settle(done=False)
+            raise
+        more.settle(done=True)
+        log.info("deliveries processed", extra={"fields": counts})
     return counts
 
 
 @app.task(name=pipeline.APPLY_TASK, base=InboxsyncTask, bind=True)
 def apply_change(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
-    return pipeline.run_change(envelope)
+    with logs.bind(change_id=envelope.get("id"), task_id=self.request.id):
+        result = pipeline.run_change(envelope)
+        log.info("change %s", result.get("outcome"))
+    return result
 
 
 @app.task(name=replies.SEND_TASK, base=InboxsyncTask, bind=True)
 def send_reply(self: Task, reply_id: int) -> str:
-    done = replies.attempt(reply_id)
-    if done.outcome == "retry":
-        publish.reply(reply_id, countdown_s=done.retry_in_s)
+    with logs.bind(reply_id=reply_id, task_id=self.request.id):
+        done = replies.attempt(reply_id)
+        if done.outcome == "retry":
+            publish.reply(reply_id, countdown_s=done.retry_in_s)
+        log.info("reply attempt: %s", done.outcome)
     return done.outcome
