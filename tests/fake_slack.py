@@ -24,15 +24,12 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import socket
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakehttp import FakeHandler, FakeServer
 
 BOT_TOKEN = "xoxb-6001122334-7002233445566-Fk4e3d2c1b0a9Z8y7X6w5V4u"
 BOT_USER, BOT_ID, APP_ID = "U07BOTACME", "B07BOTACME", "A07INBX5YNC"
@@ -40,23 +37,16 @@ SIGN_IN_PAGE = b"<!DOCTYPE html><html><head><title>Slack</title></head><body>Sig
 POSTED_THEN_FAILED = frozenset({"fatal_error"})
 
 
-class FakeSlack:
+class FakeSlack(FakeServer):
+    # requests: (HTTP method, Web API method or "file")
     def __init__(self) -> None:
         # Every message in the workspace the fake knows, ours and others', as Slack keeps them.
         self.messages: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str]] = []  # (HTTP method, Web API method or "file")
         self.files: dict[str, tuple[bytes, str]] = {}  # path -> (content, content type)
-        self.faults: deque[str] = deque()
         self.retry_after = 7
-        self.hang_s = 3.0
-        self.release = threading.Event()
-        self.lock = threading.Lock()
         self._seq = itertools.count(1)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(_handler)
         self.api_url = f"{self.url}/api"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
     def posted(self) -> list[dict[str, Any]]:
@@ -74,15 +64,6 @@ class FakeSlack:
             {"type": "message", "user": "U05SOMEONE", "text": text}, channel, thread_ts
         )
 
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def next_fault(self) -> str | None:
-        with self.lock:
-            return self.faults.popleft() if self.faults else None
-
     def _keep(self, message: dict[str, Any], channel: str, thread_ts: str | None) -> dict[str, Any]:
         with self.lock:
             # Slack's ts: unique and increasing in a channel; here across the workspace.
@@ -98,11 +79,8 @@ class FakeSlack:
 
 
 def _handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
+    class Handler(FakeHandler):
+        json_type = "application/json; charset=utf-8"
 
         def _authorized(self) -> bool:
             return bool(self.headers.get("Authorization") == f"Bearer {BOT_TOKEN}")
@@ -132,8 +110,8 @@ def _handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             fake.requests.append(("POST", method))
             fault = fake.next_fault() if method == "chat.postMessage" else None
             if fault == "reset":
-                return self._reset()
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                return self.drop()
+            raw = self.body()
             if fault == "429":
                 headers = {"Retry-After": str(fake.retry_after)}
                 return self._json(429, {"ok": False, "error": "ratelimited"}, headers)
@@ -174,12 +152,8 @@ def _handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
             kept = fake._keep(message, body["channel"], body.get("thread_ts"))
             if fault in POSTED_THEN_FAILED:
                 return self._json(200, {"ok": False, "error": fault})
-            if fault == "hang":
-                time.sleep(fake.hang_s)
-            elif fault == "block":
-                fake.release.wait(60)
-            elif fault == "drop":
-                return self._reset()
+            if fake.hold(fault, self):
+                return None
             answer = {k: v for k, v in kept.items() if k != "metadata"}
             return self._json(
                 200, {"ok": True, "channel": kept["channel"], "ts": kept["ts"], "message": answer}
@@ -211,34 +185,8 @@ def _handler(fake: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 },
             )
 
-        def _reset(self) -> None:
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-        def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _bytes(self, content: bytes, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-
     return Handler
 
 
-@contextmanager
-def fake_slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack()
-    try:
-        yield fake
-    finally:
-        fake.close()
+def fake_slack() -> FakeSlack:
+    return FakeSlack()

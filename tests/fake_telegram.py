@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from tests.fakehttp import FakeHandler, FakeServer
 
 BOT_TOKEN = "7000111333:AAHf4k3-t0k3n_9f8e7d6c5b4a3f2e1d0c"
 FAULT_ANSWERS = {
@@ -34,42 +31,21 @@ FAULT_ANSWERS = {
 }
 
 
-class FakeTelegram:
+class FakeTelegram(FakeServer):
+    # requests: (HTTP method, Bot API method or "file")
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []  # sendMessage bodies it took, with "message_id"
-        self.requests: list[tuple[str, str]] = []  # (HTTP method, Bot API method or "file")
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
-        self.faults: deque[str] = deque()
         self.retry_after = 7
-        self.hang_s = 3.0
-        self.release = threading.Event()
-        self.lock = threading.Lock()
         self._ids = itertools.count(500)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(_handler)
 
     def add_file(self, file_id: str, file_path: str, content: bytes) -> None:
         self.files[file_id] = (file_path, content)
 
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def next_fault(self) -> str | None:
-        with self.lock:
-            return self.faults.popleft() if self.faults else None
-
 
 def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass  # the request line holds the bot token
-
+    class Handler(FakeHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             if url.path.startswith("/file/bot"):
@@ -84,7 +60,7 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             self._method("GET", url.path, dict(parse_qsl(url.query)))
 
         def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            raw = self.body()
             try:
                 body = json.loads(raw) if raw else {}
             except ValueError:
@@ -129,13 +105,7 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
             with fake.lock:
                 message = {**body, "message_id": next(fake._ids)}
                 fake.sent.append(message)
-            if fault == "hang":
-                time.sleep(fake.hang_s)
-            elif fault == "block":
-                fake.release.wait(60)
-            elif fault == "drop":
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+            if fake.hold(fault, self):
                 return None
             result = {
                 "message_id": message["message_id"],
@@ -151,28 +121,8 @@ def _handler(fake: FakeTelegram) -> type[BaseHTTPRequestHandler]:
                 status, {"ok": False, "error_code": status, "description": description, **extra}
             )
 
-        def _json(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _bytes(self, content: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(content)))
-            self.end_headers()
-            self.wfile.write(content)
-
     return Handler
 
 
-@contextmanager
-def fake_telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram()
-    try:
-        yield fake
-    finally:
-        fake.close()
+def fake_telegram() -> FakeTelegram:
+    return FakeTelegram()

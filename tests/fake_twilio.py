@@ -15,19 +15,14 @@
 from __future__ import annotations
 
 import base64
-import json
-import socket
-import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+from tests.fakehttp import FakeHandler, FakeServer
 
 ACCOUNT_SID = "AC4c122831efef10ac68b5223dccd6f614"  # the fixtures' AccountSid
 AUTH_TOKEN = "tw-auth-token-0123456789abcdef"
@@ -35,39 +30,21 @@ AUTH_TOKEN = "tw-auth-token-0123456789abcdef"
 API_KEY_SID, API_KEY_SECRET = "SK" + "5e" * 16, "tw-api-key-secret"
 
 
-class FakeTwilio:
+class FakeTwilio(FakeServer):
     def __init__(self, cdn_host: str = "127.0.0.1") -> None:
         self.messages: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str]] = []
-        self.faults: deque[str] = deque()
-        self.hang_s = 3.0
         self.retry_after = "7"
-        self.release = threading.Event()
-        self.lock = threading.Lock()
         self.media: dict[str, tuple[bytes, str]] = {}
         self.media_auth: list[str | None] = []  # the Authorization header of each media request
         self.cdn_auth: list[str | None] = []  # … and of each CDN request
         self.cdn_host = cdn_host
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_handler)
 
     def media_url(self, message_sid: str, media_sid: str, host: str = "127.0.0.1") -> str:
         return (
             f"http://{host}:{self.port}/2010-04-01/Accounts/{ACCOUNT_SID}"
             f"/Messages/{message_sid}/Media/{media_sid}"
         )
-
-    def next_fault(self) -> str | None:
-        with self.lock:
-            return self.faults.popleft() if self.faults else None
 
 
 def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
@@ -76,12 +53,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
     basic = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
     api_key = "Basic " + base64.b64encode(f"{API_KEY_SID}:{API_KEY_SECRET}".encode()).decode()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(FakeHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             fake.requests.append(("GET", url.path))
@@ -90,7 +62,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 served = fake.media.get(url.path.removeprefix("/cdn/"))
                 if served is None:
                     return self._json(404, {"code": 20404, "message": "not found"})
-                return self._bytes(200, *served)
+                return self._bytes(*served)
             if url.path.startswith(media_prefix) and "/Media/" in url.path:
                 fake.media_auth.append(self.headers.get("authorization"))
                 if not self._authorized(also=api_key):
@@ -119,7 +91,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             url = urlsplit(self.path)
             fake.requests.append(("POST", url.path))
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            raw = self.body()
             if url.path != messages_path:
                 return self._json(404, {"code": 20404, "message": "not found"})
             if not self._authorized():
@@ -146,13 +118,7 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             }
             with fake.lock:
                 fake.messages.append(message)
-            if fault == "hang":
-                time.sleep(fake.hang_s)
-            elif fault == "block":
-                fake.release.wait(60)
-            elif fault == "drop":
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+            if fake.hold(fault, self):
                 return None
             answer = {k: v for k, v in message.items() if k != "status_callback"}
             self._json(201, answer)
@@ -164,30 +130,8 @@ def _handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
             self._json(401, {"code": 20003, "message": "Authenticate"})
             return False
 
-        def _json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _bytes(self, status: int, data: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
     return Handler
 
 
-@contextmanager
-def fake_twilio(cdn_host: str = "127.0.0.1") -> Iterator[FakeTwilio]:
-    fake = FakeTwilio(cdn_host)
-    try:
-        yield fake
-    finally:
-        fake.close()
+def fake_twilio(cdn_host: str = "127.0.0.1") -> FakeTwilio:
+    return FakeTwilio(cdn_host)

@@ -13,47 +13,25 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from tests.fakehttp import FakeHandler, FakeServer
 
 ACCESS_TOKEN = "EAAG-wa-access-token"
 PHONE_NUMBER_ID = "106540352242922"  # the fixtures' metadata.phone_number_id
 
 
-class FakeWhatsApp:
+class FakeWhatsApp(FakeServer):
     def __init__(self, cdn_host: str = "127.0.0.1") -> None:
         self.messages: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str]] = []
-        self.faults: deque[str] = deque()
-        self.hang_s = 3.0
         self.retry_after = "7"
-        self.release = threading.Event()
-        self.lock = threading.Lock()
         self.media: dict[str, tuple[bytes, str]] = {}
         self.auth_seen: list[tuple[str, str | None]] = []  # (path, Authorization) of media GETs
         self.cdn_host = cdn_host
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def next_fault(self) -> str | None:
-        with self.lock:
-            return self.faults.popleft() if self.faults else None
+        super().__init__(_handler)
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
@@ -63,12 +41,7 @@ def _error(code: int, message: str) -> dict[str, Any]:
 def _handler(fake: FakeWhatsApp) -> type[BaseHTTPRequestHandler]:
     bearer = f"Bearer {ACCESS_TOKEN}"
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(FakeHandler):
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             fake.requests.append(("GET", path))
@@ -79,13 +52,7 @@ def _handler(fake: FakeWhatsApp) -> type[BaseHTTPRequestHandler]:
                 found = fake.media.get(path.removeprefix("/lookaside/"))
                 if found is None:
                     return self._json(404, _error(100, "Unsupported get request"))
-                data, content_type = found
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return None
+                return self._bytes(*found)
             media_id = path.strip("/").rsplit("/", 1)[-1]
             if media_id not in fake.media:
                 return self._json(400, _error(100, "Unsupported get request"))
@@ -104,7 +71,7 @@ def _handler(fake: FakeWhatsApp) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
             fake.requests.append(("POST", path))
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            raw = self.body()
             if not path.endswith("/messages"):
                 return self._json(404, _error(100, "Unknown path"))
             if not self._authorized():
@@ -130,13 +97,7 @@ def _handler(fake: FakeWhatsApp) -> type[BaseHTTPRequestHandler]:
             }
             with fake.lock:
                 fake.messages.append(message)
-            if fault == "hang":
-                time.sleep(fake.hang_s)
-            elif fault == "block":
-                fake.release.wait(60)
-            elif fault == "drop":
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+            if fake.hold(fault, self):
                 return None
             self._json(
                 200,
@@ -154,23 +115,8 @@ def _handler(fake: FakeWhatsApp) -> type[BaseHTTPRequestHandler]:
             self._json(401, _error(190, "Invalid OAuth access token"))
             return False
 
-        def _json(self, status: int, payload: Any, extra: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
     return Handler
 
 
-@contextmanager
-def fake_whatsapp(cdn_host: str = "127.0.0.1") -> Iterator[FakeWhatsApp]:
-    fake = FakeWhatsApp(cdn_host)
-    try:
-        yield fake
-    finally:
-        fake.close()
+def fake_whatsapp(cdn_host: str = "127.0.0.1") -> FakeWhatsApp:
+    return FakeWhatsApp(cdn_host)

@@ -3,9 +3,7 @@ SendGrid on one HTTP server, and an SMTP server (aiosmtpd). Both record what the
 play scripted faults, one per request, in order:
 
 - ``"500"`` / ``"429"`` / ``"422"``: answer that status and keep nothing;
-- ``"hang"``: keep the mail, then answer only after ``hang_s`` (the client has timed out);
-- ``"drop"``: keep the mail, then close the connection without an answer;
-- ``"block"``: keep the mail, then wait until ``release`` is set (a worker killed meanwhile);
+- ``"hang"`` / ``"drop"`` / ``"block"``: keep the mail, then hold the answer (tests/fakehttp.py);
 - SMTP ``"451"`` / ``"550"``: refuse the mail with that code.
 """
 
@@ -15,59 +13,37 @@ import asyncio
 import base64
 import json
 import socket
-import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from tests.fakehttp import FakeHandler, FakeServer
+
 POSTMARK_TOKEN = "pm-server-token"
 MAILGUN_KEY = "mg-api-key"
 SENDGRID_KEY = "SG.test-key"
 
 
-class FakeProviders:
+class FakeProviders(FakeServer):
     def __init__(self) -> None:
         self.accepted: list[dict[str, Any]] = []  # {"provider", "to", "headers", "body", ...}
-        self.requests: list[tuple[str, str]] = []
-        self.faults: deque[str] = deque()
-        self.hang_s = 3.0
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(_handler)
 
     def sends(self, provider: str) -> list[dict[str, Any]]:
         return [a for a in self.accepted if a["provider"] == provider]
 
-    def next_fault(self) -> str | None:
-        with self.lock:
-            return self.faults.popleft() if self.faults else None
-
 
 def _handler(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
+    class Handler(FakeHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             fake.requests.append(("GET", url.path))
@@ -101,7 +77,7 @@ def _handler(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             url = urlsplit(self.path)
             fake.requests.append(("POST", url.path))
-            raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+            raw = self.body()
             fault = fake.next_fault()
             if fault in ("500", "429", "422"):
                 return self._json(int(fault), {"ErrorCode": 500, "message": f"fault {fault}"})
@@ -155,13 +131,7 @@ def _handler(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
                 return self._json(404, {"message": "not found"})
             with fake.lock:
                 fake.accepted.append(mail)
-            if fault == "hang":
-                time.sleep(fake.hang_s)
-            elif fault == "block":
-                fake.release.wait(60)
-            elif fault == "drop":
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
+            if fake.hold(fault, self):
                 return None
             status, payload = answer
             if payload is None:
@@ -170,8 +140,7 @@ def _handler(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            self._json(status, payload)
-            return None
+            return self._json(status, payload)
 
         def _postmark_auth(self) -> bool:
             if self.headers.get("x-postmark-server-token") == POSTMARK_TOKEN:
@@ -186,24 +155,11 @@ def _handler(fake: FakeProviders) -> type[BaseHTTPRequestHandler]:
             self._json(401, {"message": "Invalid private key"})
             return False
 
-        def _json(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
     return Handler
 
 
-@contextmanager
-def fake_providers() -> Iterator[FakeProviders]:
-    fake = FakeProviders()
-    try:
-        yield fake
-    finally:
-        fake.close()
+def fake_providers() -> FakeProviders:
+    return FakeProviders()
 
 
 class FakeSmtp:

@@ -25,6 +25,7 @@ from schemas.outbound import ReplyIn
 from store.db import reading, transaction
 from store.models import Message, Reply
 from tests.apihelp import eventually
+from tests.chathelp import later, reply
 from tests.fakeproviders import (
     MAILGUN_KEY,
     POSTMARK_TOKEN,
@@ -38,7 +39,6 @@ from tests.storehelp import at, new_account, store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "email"
 CUSTOMER_MAIL_ID = "CAF=order1001@mail.example.com"
-LATER = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -87,18 +87,6 @@ def queue(conversation_id: int, key: str | None = None, **body: Any) -> int:
         key=key,
     )
     return reply_id
-
-
-def reply(reply_id: int) -> Reply:
-    with reading() as session:
-        row = session.get(Reply, reply_id)
-        assert row is not None
-        session.expunge(row)
-        return row
-
-
-def later(n: int = 1) -> datetime:
-    return datetime.now(UTC) + n * LATER
 
 
 # Composing: the customer's client threads our reply, and their answer threads back ------------

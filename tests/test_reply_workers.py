@@ -7,7 +7,6 @@ instead of sending the mail a second time.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.webhooks import Ingress
 from handlers.outbound import replies
-from settings import get_settings
 from tests.apihelp import eventually, setup_account
+from tests.chathelp import chat_client, worker_killed_mid_send
 from tests.fakeproviders import POSTMARK_TOKEN, FakeProviders, fake_providers
 from tests.workerhelp import start_worker, stop
 
@@ -34,8 +31,7 @@ def fake(db: None) -> Iterator[FakeProviders]:
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"sweep_interval_s": 0.5})
-    with TestClient(Ingress(create_app(settings))) as c:
+    with chat_client() as c:
         yield c
 
 
@@ -139,31 +135,15 @@ def test_worker_killed_mid_send_the_next_one_asks_instead_of_sending_again(
 ):
     setup = mail_inbox(client, fake)
     conv = customer_wrote(client, setup)
-    fake.faults.append("block")  # Postmark takes the mail and holds the answer
-    lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
-    first = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        reply = client.post(
-            f"/conversations/{conv}/replies", json={"text": "Olá"}, headers=setup["auth"]
-        ).json()
-        eventually(lambda: fake.sends("postmark"), timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    fake.release.set()
-    second = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        # The ingress's sweeper finds the lease run out and requeues the reply as uncertain.
-        done = eventually(
-            lambda: (
-                (r := client.get(f"/replies/{reply['id']}", headers=setup["auth"]).json())["state"]
-                == "sent"
-                and r
-            ),
-            timeout=60,
-        )
-    finally:
-        stop(second)
+    # Postmark takes the mail and holds the answer.
+    done = worker_killed_mid_send(
+        client,
+        fake,
+        conversation=lambda: conv,
+        taken=lambda: fake.sends("postmark"),
+        ends="sent",
+        headers=setup["auth"],
+    )
     assert len(fake.sends("postmark")) == 1, "the reply was sent twice"
     assert ("GET", "/messages/outbound") in fake.requests
     assert done["attempts"] >= 2

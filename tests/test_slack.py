@@ -10,9 +10,6 @@ request is the worked example of https://api.slack.com/authentication/verifying-
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,23 +20,32 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
-from api.webhooks import Ingress
-from handlers import journal, pipeline
+from handlers import journal
 from handlers.channels import adapter_for
 from handlers.channels.base import PayloadError, SignatureError, WebhookRequest
 from handlers.channels.slack import plain_text, sign, slack_time
 from handlers.outbound import replies
 from handlers.outbound.slack import SlackSender
-from schemas.outbound import OutboundChat, ReplyIn, SlackOutbound
+from schemas.outbound import OutboundChat, SlackOutbound
 from settings import get_settings
 from store.blobs import blob_store
 from store.db import reading
-from store.models import Conversation, Delivery, Message, MessageRevision, Reply
-from tests.apihelp import ADMIN, eventually
+from store.models import Conversation, Delivery, MessageRevision
+from tests import chathelp
+from tests.chathelp import (
+    assert_names_the_field,
+    assert_unauthorized,
+    chat_client,
+    cli_ingest,
+    first_conversation,
+    later,
+    messages,
+    process_journal,
+    reply,
+    worker_killed_mid_send,
+)
 from tests.fake_slack import BOT_TOKEN, FakeSlack, fake_slack
 from tests.storehelp import at, count, new_account
-from tests.workerhelp import ROOT, start_worker, stop
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slack"
 SIGNING_SECRET = "5c1e9a7b3d2f4e6a8b0c1d2e3f4a5b6c"
@@ -48,7 +54,6 @@ PARENT = "1795600800.123456"  # message.json: a top-level message, the thread it
 IN_THREAD = "1795600860.000200"  # message_in_thread.json
 BOX_PATH = "/files-pri/T06ACME7Q2-F07BOXPHOTO/download/box.jpg"
 JPEG = b"\xff\xd8\xff\xe0" + b"box arrived crushed" * 60
-LATER = timedelta(hours=1)
 
 
 def fixture(name: str) -> bytes:
@@ -68,8 +73,7 @@ def fake(db: None) -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"sweep_interval_s": 0.5})
-    with TestClient(Ingress(create_app(settings))) as c:
+    with chat_client() as c:
         yield c
 
 
@@ -109,49 +113,20 @@ def post(
     return client.post(f"/webhooks/{inbox}", content=body, headers={**signed, **headers})
 
 
-def process_journal() -> dict[str, int]:
-    return pipeline.process_deliveries(journal.sweep(older_than_s=-1), None)
-
-
 def request(body: bytes, **headers: str) -> WebhookRequest:
-    return WebhookRequest("POST", "https://x/webhooks/1", headers, {}, body)
+    return chathelp.request(body, headers)
 
 
 def deliver(inbox: int, *bodies: bytes) -> dict[str, int]:
-    """Bodies as the edge accepts them, stored as a worker stores them (one batch)."""
-    adapter = adapter_for("slack")
-    payloads = [p for b in bodies for p in adapter.accept(request(b)).payloads]
-    return pipeline.ingest_deliveries([journal.delivery(inbox, "slack", p) for p in payloads], None)
+    return chathelp.deliver("slack", inbox, bodies)
 
 
 def normalized(name: str) -> Any:
-    adapter = adapter_for("slack")
-    [payload] = adapter.accept(request(fixture(name))).payloads
-    json.dumps(payload)  # what the journal keeps must be JSON
-    return adapter.normalize(1, at(0), payload)
-
-
-def messages() -> list[Message]:
-    with reading() as session:
-        return list(session.scalars(select(Message).order_by(Message.id)).all())
-
-
-def reply(reply_id: int) -> Reply:
-    with reading() as session:
-        row = session.get_one(Reply, reply_id)
-        session.expunge(row)
-        return row
+    return chathelp.normalized("slack", fixture(name))
 
 
 def queue(conversation_id: int, text: str = "We're on it.") -> int:
-    reply_id, _ = replies.queue_reply(
-        account_id=None, conversation_id=conversation_id, body=ReplyIn(text=text), key=None
-    )
-    return reply_id
-
-
-def later(n: int = 1) -> datetime:
-    return datetime.now(UTC) + n * LATER
+    return chathelp.queue(conversation_id, text)
 
 
 def customer_chat(fake: FakeSlack, name: str = "message.json", **inbox: Any) -> int:
@@ -203,14 +178,13 @@ def test_a_bad_signature_or_a_stale_timestamp_is_a_401_and_nothing_is_journaled(
     inbox = slack_inbox()
     body = fixture("message.json")
     stale = str(int(time.time()) - get_settings().webhook_tolerance_seconds - 5)
-    for answer in (
-        post(client, inbox, body, secret="not-the-signing-secret"),
-        post(client, inbox, body, stamp=stale),
-        client.post(f"/webhooks/{inbox}", content=body, headers={"X-Slack-Signature": "v0=00"}),
-    ):
-        assert answer.status_code == 401, answer.text
-        assert answer.json()["error"]
-    assert count(Delivery) == 0
+    assert_unauthorized(
+        [
+            post(client, inbox, body, secret="not-the-signing-secret"),
+            post(client, inbox, body, stamp=stale),
+            client.post(f"/webhooks/{inbox}", content=body, headers={"X-Slack-Signature": "v0=00"}),
+        ]
+    )
     answer = post(client, inbox, body)
     assert answer.status_code == 200, answer.text  # Slack wants a 200
     assert answer.json()["accepted"] == 1 and count(Delivery) == 1
@@ -240,11 +214,7 @@ def test_bodies_that_are_not_slack_events_are_a_422_naming_the_field(client):
         (json.dumps(no_event_id).encode(), "event_id"),
         (json.dumps({"type": "url_verification"}).encode(), "challenge"),
     ]
-    for body, field in cases:
-        answer = post(client, inbox, body)
-        assert answer.status_code == 422, answer.text
-        assert field in answer.json()["message"].lower(), answer.json()
-    assert count(Delivery) == 0
+    assert_names_the_field((field, post(client, inbox, body)) for body, field in cases)
 
 
 # Normalization -----------------------------------------------------------------------------------
@@ -635,16 +605,8 @@ def test_find_reads_every_page_since_the_reply_was_queued_and_only_our_client_id
 def test_cli_ingest_takes_saved_events(db):
     inbox = slack_inbox()
     names = ["message.json", "message_changed.json", "bot_echo.json", "url_verification.json"]
-    done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "ingest", "--inbox", str(inbox), "--provider", "slack"]
-        + [str(FIXTURES / n) for n in names],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "queued 2 deliveries, refused 0 files" in done.stdout
+    printed = cli_ingest(inbox, "slack", [FIXTURES / n for n in names])
+    assert "queued 2 deliveries, refused 0 files" in printed
     assert process_journal()["dead"] == 0
     [m] = messages()
     assert m.text == "Hi! Order #1001 still hasn't arrived (it's been 10 days now)."
@@ -666,31 +628,20 @@ def test_worker_killed_while_slack_holds_the_post_the_next_attempt_finds_it(
     """Slack can be asked: after the kill the next attempt reads the thread, finds our
     message by its metadata, and the customer has exactly one."""
     inbox = slack_inbox(fake.api_url, timeout_s=20)
-    fake.faults.append("block")  # Slack posts the message and holds the answer
-    lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
-    first = start_worker("-Q", "ingest,outbound", "--pool", "solo", extra_env=lease)
-    try:
+
+    def conversation() -> int:
         assert post(client, inbox, fixture("message.json")).status_code == 200
-        conv = eventually(lambda: [m.conversation_id for m in messages()], timeout=60)[0]
-        answer = client.post(f"/conversations/{conv}/replies", json={"text": "Olá"}, headers=ADMIN)
-        assert answer.status_code == 202, answer.text
-        rid = answer.json()["id"]
-        eventually(lambda: fake.posted, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    fake.release.set()
-    second = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        # The ingress's sweeper finds the lease run out and requeues the reply as uncertain.
-        done = eventually(
-            lambda: (
-                (r := client.get(f"/replies/{rid}", headers=ADMIN).json())["state"] == "sent" and r
-            ),
-            timeout=60,
-        )
-    finally:
-        stop(second)
+        return first_conversation()
+
+    # Slack posts the message and holds the answer.
+    done = worker_killed_mid_send(
+        client,
+        fake,
+        conversation=conversation,
+        taken=lambda: fake.posted,
+        ends="sent",
+        queues="ingest,outbound",
+    )
     [posted] = fake.posted
     assert done["attempts"] >= 2
     assert done["provider_message_id"] == f"slack:{CHANNEL}:{posted['ts']}"

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,27 +19,33 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
-from api.webhooks import Ingress
-from handlers import journal, pipeline
 from handlers.channels import adapter_for
 from handlers.channels.base import SignatureError, WebhookRequest
 from handlers.outbound import replies
-from schemas.outbound import ReplyIn
 from settings import get_settings
 from store.blobs import blob_store
 from store.db import reading
-from store.models import Conversation, Delivery, Message, MessageRevision, Reply
-from tests.apihelp import ADMIN, eventually
+from store.models import Conversation, Delivery, MessageRevision
+from tests import chathelp
+from tests.chathelp import (
+    assert_names_the_field,
+    assert_unauthorized,
+    chat_client,
+    cli_ingest,
+    first_conversation,
+    later,
+    messages,
+    process_journal,
+    reply,
+    worker_killed_mid_send,
+)
 from tests.fake_telegram import BOT_TOKEN, FakeTelegram, fake_telegram
 from tests.storehelp import at, count, new_account
-from tests.workerhelp import ROOT, start_worker, stop
 
 FIXTURES = Path(__file__).parent / "fixtures" / "telegram"
 SECRET_TOKEN = "tg-hook_s3cret-7Hq2"
 MARIA = 5120384411
 GROUP = -1002233445566
-LATER = timedelta(hours=1)
 
 
 def fixture(name: str) -> bytes:
@@ -57,8 +60,7 @@ def fake(db: None) -> Iterator[FakeTelegram]:
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"sweep_interval_s": 0.5})
-    with TestClient(Ingress(create_app(settings))) as c:
+    with chat_client() as c:
         yield c
 
 
@@ -86,49 +88,19 @@ def post(client: TestClient, inbox: int, name: str, token: str | None = SECRET_T
 
 def deliver(inbox: int, *names: str) -> dict[str, int]:
     """The fixtures as the edge accepts them, stored as a worker stores them (one batch)."""
-    adapter = adapter_for("telegram")
-    payloads = [p for n in names for p in adapter.accept(request(fixture(n))).payloads]
-    return pipeline.ingest_deliveries(
-        [journal.delivery(inbox, "telegram", p) for p in payloads], None
-    )
-
-
-def process_journal() -> dict[str, int]:
-    return pipeline.process_deliveries(journal.sweep(older_than_s=-1), None)
+    return chathelp.deliver("telegram", inbox, [fixture(n) for n in names])
 
 
 def request(body: bytes, **headers: str) -> WebhookRequest:
-    return WebhookRequest("POST", "https://x/webhooks/1", headers, {}, body)
+    return chathelp.request(body, headers)
 
 
 def normalized(name: str) -> Any:
-    adapter = adapter_for("telegram")
-    [payload] = adapter.accept(request(fixture(name))).payloads
-    json.dumps(payload)  # what the journal keeps must be JSON
-    return adapter.normalize(1, at(0), payload)
-
-
-def messages() -> list[Message]:
-    with reading() as session:
-        return list(session.scalars(select(Message).order_by(Message.id)).all())
-
-
-def reply(reply_id: int) -> Reply:
-    with reading() as session:
-        row = session.get_one(Reply, reply_id)
-        session.expunge(row)
-        return row
+    return chathelp.normalized("telegram", fixture(name))
 
 
 def queue(conversation_id: int, text: str = "Já reenviámos o pedido.") -> int:
-    reply_id, _ = replies.queue_reply(
-        account_id=None, conversation_id=conversation_id, body=ReplyIn(text=text), key=None
-    )
-    return reply_id
-
-
-def later(n: int = 1) -> datetime:
-    return datetime.now(UTC) + n * LATER
+    return chathelp.queue(conversation_id, text)
 
 
 def customer_chat(fake: FakeTelegram, name: str = "message.json") -> int:
@@ -159,11 +131,7 @@ def test_the_secret_token_header_is_checked_before_the_body_is_read():
 
 def test_a_wrong_or_missing_secret_token_is_a_401_and_nothing_is_journaled(client):
     inbox = telegram_inbox()
-    for token in ("wrong", None):
-        answer = post(client, inbox, "message.json", token=token)
-        assert answer.status_code == 401, answer.text
-        assert answer.json()["error"]
-    assert count(Delivery) == 0
+    assert_unauthorized(post(client, inbox, "message.json", token=t) for t in ("wrong", None))
     assert post(client, inbox, "message.json").status_code == 202
     assert count(Delivery) == 1
 
@@ -179,11 +147,10 @@ def test_bodies_that_are_not_updates_are_a_422_naming_the_field(client):
     }
     cases = [(b"{not json", "json"), (json.dumps(too_big).encode(), "update_id")]
     cases.append((json.dumps(no_date).encode(), "message.date"))
-    for body, field in cases:
-        answer = client.post(f"/webhooks/{inbox}", content=body, headers=headers)
-        assert answer.status_code == 422, answer.text
-        assert field in answer.json()["message"].lower()
-    assert count(Delivery) == 0
+    assert_names_the_field(
+        (field, client.post(f"/webhooks/{inbox}", content=body, headers=headers))
+        for body, field in cases
+    )
 
 
 # Normalization -----------------------------------------------------------------------------------
@@ -457,25 +424,8 @@ def test_the_bot_token_is_never_logged_or_kept(fake, monkeypatch, caplog):
 def test_cli_ingest_takes_saved_updates(fake):
     inbox = telegram_inbox(fake.url)
     names = ["message.json", "edited_message.json", "bot_message.json", "callback_query.json"]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli.main",
-            "ingest",
-            "--inbox",
-            str(inbox),
-            "--provider",
-            "telegram",
-        ]
-        + [str(FIXTURES / n) for n in names],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "queued 2 deliveries, refused 0 files" in done.stdout
+    printed = cli_ingest(inbox, "telegram", [FIXTURES / n for n in names])
+    assert "queued 2 deliveries, refused 0 files" in printed
     assert process_journal()["dead"] == 0
     [m] = messages()
     assert m.text.endswith("(já passaram 10 dias).")
@@ -490,33 +440,21 @@ def test_worker_killed_while_telegram_holds_the_request_never_sends_twice(
     """Telegram cannot be asked whether it has a message: after the kill the reply ends
     ``failed`` with "outcome unknown", and the customer has exactly one message."""
     inbox = telegram_inbox(fake.url)
-    fake.faults.append("block")  # Telegram takes the message and holds the answer
-    lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
-    first = start_worker("-Q", "ingest,outbound", "--pool", "solo", extra_env=lease)
-    try:
+
+    def conversation() -> int:
         assert post(client, inbox, "message.json").status_code == 202
-        conv = eventually(lambda: [m.conversation_id for m in messages()], timeout=60)[0]
-        answer = client.post(f"/conversations/{conv}/replies", json={"text": "Olá"}, headers=ADMIN)
-        assert answer.status_code == 202, answer.text
-        rid = answer.json()["id"]
-        eventually(lambda: fake.sent, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    fake.release.set()
-    second = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        # The ingress's sweeper finds the lease run out and requeues the reply as uncertain;
-        # the next attempt cannot ask Telegram, so it does not send.
-        done = eventually(
-            lambda: (
-                (r := client.get(f"/replies/{rid}", headers=ADMIN).json())["state"] == "failed"
-                and r
-            ),
-            timeout=60,
-        )
-    finally:
-        stop(second)
+        return first_conversation()
+
+    # Telegram takes the message and holds the answer; after the kill the next attempt cannot
+    # ask Telegram, so it does not send.
+    done = worker_killed_mid_send(
+        client,
+        fake,
+        conversation=conversation,
+        taken=lambda: fake.sent,
+        ends="failed",
+        queues="ingest,outbound",
+    )
     assert "outcome unknown" in (done["error"] or "")
     assert done["attempts"] == 2
     assert len(fake.sent) == 1, "the reply was sent twice"

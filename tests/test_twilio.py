@@ -9,7 +9,6 @@ while Twilio holds its request.
 from __future__ import annotations
 
 import base64
-import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,16 +17,14 @@ from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
-from api.app import create_app
-from api.webhooks import Ingress
 from handlers import journal, pipeline
 from handlers.channels.phones import e164
 from handlers.channels.twilio import sign
 from handlers.outbound import replies
 from handlers.outbound.twilio import TwilioSender
-from schemas.outbound import OutboundChat, ReplyIn, TwilioOutbound
+from schemas.outbound import OutboundChat, TwilioOutbound
 from settings import get_settings
 from store.blobs import blob_store
 from store.db import reading, transaction
@@ -35,12 +32,22 @@ from store.models import (
     Contact,
     Delivery,
     DeliveryOutcome,
-    Message,
     ProviderStatus,
     Reply,
     Thread,
 )
-from tests.apihelp import ADMIN, eventually
+from tests import chathelp
+from tests.apihelp import ADMIN
+from tests.chathelp import (
+    chat_client,
+    cli_ingest,
+    journaled,
+    later,
+    messages,
+    provider_status,
+    reply,
+    worker_killed_mid_send,
+)
 from tests.fake_twilio import (
     ACCOUNT_SID,
     API_KEY_SECRET,
@@ -50,7 +57,6 @@ from tests.fake_twilio import (
     fake_twilio,
 )
 from tests.storehelp import new_account
-from tests.workerhelp import start_worker, stop
 
 FIXTURES = Path(__file__).parent / "fixtures" / "twilio"
 URLENCODED = "application/x-www-form-urlencoded"
@@ -66,8 +72,7 @@ def fake(db: None) -> Iterator[FakeTwilio]:
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"sweep_interval_s": 0.5})
-    with TestClient(Ingress(create_app(settings))) as c:
+    with chat_client() as c:
         yield c
 
 
@@ -133,20 +138,6 @@ def process(answer: Any) -> dict[str, int]:
     time; TwiML answers do not name deliveries)."""
     answered(answer)
     return pipeline.process_deliveries(journal.sweep(older_than_s=-1), None)
-
-
-def messages(inbox: int) -> list[Message]:
-    with reading() as session:
-        rows = session.scalars(
-            select(Message).where(Message.inbox_id == inbox).order_by(Message.id)
-        ).all()
-        session.expunge_all()
-        return list(rows)
-
-
-def journaled() -> int:
-    with reading() as session:
-        return int(session.scalar(select(func.count()).select_from(Delivery)) or 0)
 
 
 # Authenticity -----------------------------------------------------------------------------------
@@ -305,17 +296,10 @@ def test_a_whatsapp_location_is_said_in_words(client: TestClient):
 
 
 def test_saved_forms_go_through_inboxsync_ingest(db: None, tmp_path: Path):
-    from typer.testing import CliRunner
-
-    from cli.main import app as cli
-
     inbox = twilio_inbox()
-    files = [str(FIXTURES / name) for name in ("sms.txt", "whatsapp.txt", "status_queued.txt")]
-    result = CliRunner().invoke(
-        cli, ["ingest", "--inbox", str(inbox), "--provider", "twilio", *files]
-    )
-    assert result.exit_code == 0, result.output
-    assert "queued 2 deliveries, refused 0 files" in result.output  # "queued" changes nothing
+    files = [FIXTURES / name for name in ("sms.txt", "whatsapp.txt", "status_queued.txt")]
+    printed = cli_ingest(inbox, "twilio", files)
+    assert "queued 2 deliveries, refused 0 files" in printed  # "queued" changes nothing
     with reading() as session:
         ids = list(session.scalars(select(Delivery.id)).all())
     pipeline.process_deliveries(ids, None)
@@ -422,22 +406,7 @@ def conversation_with(client: TestClient, inbox: int, fixture: str) -> int:
 
 
 def queue(conversation_id: int, text: str = "Já enviámos de novo.") -> int:
-    reply_id, _ = replies.queue_reply(
-        account_id=None, conversation_id=conversation_id, body=ReplyIn(text=text), key=None
-    )
-    return reply_id
-
-
-def reply(reply_id: int) -> Reply:
-    with reading() as session:
-        row = session.get(Reply, reply_id)
-        assert row is not None
-        session.expunge(row)
-        return row
-
-
-def later(hours: int = 1) -> datetime:
-    return datetime.now(UTC) + timedelta(hours=hours)
+    return chathelp.queue(conversation_id, text)
 
 
 def test_a_reply_goes_back_through_the_app_and_numbers_the_customer_wrote_from(
@@ -456,11 +425,6 @@ def test_a_reply_goes_back_through_the_app_and_numbers_the_customer_wrote_from(
 
 def status_form(name: str, sid: str) -> bytes:
     return form(name, MessageSid=sid, SmsSid=sid)
-
-
-def provider_status(client: TestClient, rid: int) -> str | None:
-    status: str | None = client.get(f"/replies/{rid}", headers=ADMIN).json()["provider_status"]
-    return status
 
 
 def test_status_callbacks_move_the_replys_provider_status_forward_only(
@@ -583,29 +547,10 @@ def test_worker_killed_while_twilio_holds_the_send_the_next_one_finds_it(
 ):
     inbox = twilio_inbox(fake, timeout_s=20)
     conv = conversation_with(client, inbox, "sms.txt")
-    fake.faults.append("block")  # Twilio takes the message and holds the answer
-    lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
-    first = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        answer = client.post(f"/conversations/{conv}/replies", json={"text": "Olá"}, headers=ADMIN)
-        assert answer.status_code == 202, answer.text
-        rid = answer.json()["id"]
-        eventually(lambda: fake.messages, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    fake.release.set()
-    second = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        # The ingress's sweeper finds the lease run out and requeues the reply as uncertain.
-        done = eventually(
-            lambda: (
-                (r := client.get(f"/replies/{rid}", headers=ADMIN).json())["state"] == "sent" and r
-            ),
-            timeout=60,
-        )
-    finally:
-        stop(second)
+    # Twilio takes the message and holds the answer.
+    done = worker_killed_mid_send(
+        client, fake, conversation=lambda: conv, taken=lambda: fake.messages, ends="sent"
+    )
     assert len(fake.messages) == 1, "the reply was sent twice"
     assert done["attempts"] >= 2 and done["provider_message_id"] == fake.messages[0]["sid"]
     assert ("GET", f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json") in fake.requests

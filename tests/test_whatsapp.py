@@ -9,9 +9,8 @@ has a message, so that reply ends failed ("outcome unknown") and is never sent t
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,12 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from api.app import create_app
-from api.webhooks import Ingress
 from handlers import journal, pipeline
 from handlers.channels.whatsapp import sign
 from handlers.outbound import replies
-from schemas.outbound import ReplyIn
 from settings import get_settings
 from store.blobs import blob_store
 from store.db import reading, transaction
@@ -33,16 +29,24 @@ from store.models import (
     Contact,
     Delivery,
     DeliveryOutcome,
-    Message,
     MessageRevision,
     ProviderStatus,
-    Reply,
     Thread,
 )
-from tests.apihelp import ADMIN, eventually
+from tests import chathelp
+from tests.apihelp import ADMIN
+from tests.chathelp import (
+    chat_client,
+    cli_ingest,
+    journaled,
+    later,
+    messages,
+    provider_status,
+    reply,
+    worker_killed_mid_send,
+)
 from tests.fake_whatsapp import ACCESS_TOKEN, PHONE_NUMBER_ID, FakeWhatsApp, fake_whatsapp
 from tests.storehelp import new_account
-from tests.workerhelp import start_worker, stop
 
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
 APP_SECRET = "wa-app-secret-0123456789"
@@ -60,8 +64,7 @@ def fake(db: None) -> Iterator[FakeWhatsApp]:
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"sweep_interval_s": 0.5})
-    with TestClient(Ingress(create_app(settings))) as c:
+    with chat_client() as c:
         yield c
 
 
@@ -99,20 +102,6 @@ def post(client: TestClient, inbox: int, raw: bytes, secret: str = APP_SECRET) -
 def process(answer: Any) -> dict[str, int]:
     assert answer.status_code == 200, answer.text
     return pipeline.process_deliveries(answer.json()["deliveries"], None)
-
-
-def messages(inbox: int) -> list[Message]:
-    with reading() as session:
-        rows = session.scalars(
-            select(Message).where(Message.inbox_id == inbox).order_by(Message.id)
-        ).all()
-        session.expunge_all()
-        return list(rows)
-
-
-def journaled() -> int:
-    with reading() as session:
-        return int(session.scalar(select(func.count()).select_from(Delivery)) or 0)
 
 
 # The subscription handshake ---------------------------------------------------------------------
@@ -264,17 +253,10 @@ def test_reactions_and_our_own_messages_echoed_store_nothing(client: TestClient)
 
 
 def test_saved_webhooks_go_through_inboxsync_ingest(db: None):
-    from typer.testing import CliRunner
-
-    from cli.main import app as cli
-
     inbox = wa_inbox()
-    files = [str(FIXTURES / name) for name in ("text.json", "batch.json", "echo.json")]
-    result = CliRunner().invoke(
-        cli, ["ingest", "--inbox", str(inbox), "--provider", "whatsapp", *files]
-    )
-    assert result.exit_code == 0, result.output
-    assert "queued 4 deliveries, refused 0 files" in result.output
+    files = [FIXTURES / name for name in ("text.json", "batch.json", "echo.json")]
+    printed = cli_ingest(inbox, "whatsapp", files)
+    assert "queued 4 deliveries, refused 0 files" in printed
     with reading() as session:
         ids = list(session.scalars(select(Delivery.id)).all())
     pipeline.process_deliveries(ids, None)
@@ -397,22 +379,7 @@ def conversation_with(client: TestClient, inbox: int) -> int:
 
 
 def queue(conversation_id: int, text: str = "Já enviámos de novo.") -> int:
-    reply_id, _ = replies.queue_reply(
-        account_id=None, conversation_id=conversation_id, body=ReplyIn(text=text), key=None
-    )
-    return reply_id
-
-
-def reply(reply_id: int) -> Reply:
-    with reading() as session:
-        row = session.get(Reply, reply_id)
-        assert row is not None
-        session.expunge(row)
-        return row
-
-
-def later(hours: int = 1) -> datetime:
-    return datetime.now(UTC) + timedelta(hours=hours)
+    return chathelp.queue(conversation_id, text)
 
 
 def test_a_reply_goes_to_the_customer_from_the_number_they_wrote_to(
@@ -427,11 +394,6 @@ def test_a_reply_goes_to_the_customer_from_the_number_they_wrote_to(
     done = reply(rid)
     assert sent["opaque"] == done.rfc_message_id  # our client_id, echoed in status webhooks
     assert (done.state, done.provider_message_id) == ("sent", sent["id"])
-
-
-def provider_status(client: TestClient, rid: int) -> str | None:
-    status: str | None = client.get(f"/replies/{rid}", headers=ADMIN).json()["provider_status"]
-    return status
 
 
 def test_status_webhooks_move_the_replys_provider_status_forward_only(
@@ -517,30 +479,11 @@ def test_worker_killed_while_meta_holds_the_send_the_reply_ends_failed_not_sent_
 ):
     inbox = wa_inbox(fake, timeout_s=20)
     conv = conversation_with(client, inbox)
-    fake.faults.append("block")  # Meta takes the message and holds the answer
-    lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
-    first = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        answer = client.post(f"/conversations/{conv}/replies", json={"text": "Olá"}, headers=ADMIN)
-        assert answer.status_code == 202, answer.text
-        rid = answer.json()["id"]
-        eventually(lambda: fake.messages, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    fake.release.set()
-    second = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        # The sweeper requeues it as uncertain; the next attempt cannot ask Meta: it fails.
-        done = eventually(
-            lambda: (
-                (r := client.get(f"/replies/{rid}", headers=ADMIN).json())["state"] == "failed"
-                and r
-            ),
-            timeout=60,
-        )
-    finally:
-        stop(second)
+    # Meta takes the message and holds the answer; the sweeper requeues it as uncertain and the
+    # next attempt cannot ask Meta: it fails.
+    done = worker_killed_mid_send(
+        client, fake, conversation=lambda: conv, taken=lambda: fake.messages, ends="failed"
+    )
     assert "outcome unknown" in done["error"]
     assert len(fake.messages) == 1, "the reply was sent twice"
     assert [p for m, p in fake.requests if m == "POST"] == [f"/{PHONE_NUMBER_ID}/messages"]

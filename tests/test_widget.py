@@ -10,12 +10,9 @@ is a request signed with hmac and base64 alone, apart from the package our code 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +20,38 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from api.app import create_app
-from api.webhooks import Ingress
 from handlers import journal, pipeline
 from handlers.channels import adapter_for
 from handlers.channels.base import SignatureError, WebhookRequest
 from handlers.outbound import replies
 from handlers.outbound.widget import sign
-from schemas.outbound import ReplyIn
 from settings import get_settings
 from store.blobs import blob_store
 from store.db import reading
-from store.models import Delivery, Message, MessageRevision, Reply
-from tests.apihelp import ADMIN, eventually
+from store.models import Delivery, MessageRevision, Reply
+from tests import chathelp
+from tests.apihelp import ADMIN
+from tests.chathelp import (
+    accepted,
+    assert_names_the_field,
+    assert_unauthorized,
+    chat_client,
+    cli_ingest,
+    first_conversation,
+    later,
+    messages,
+    process_journal,
+    reply,
+    request,
+    worker_killed_mid_send,
+)
 from tests.fake_widget import SECRET as SITE_SECRET
 from tests.fake_widget import FakeSite, fake_site
-from tests.storehelp import at, count, new_account
-from tests.workerhelp import ROOT, start_worker, stop
+from tests.storehelp import count, new_account
 
 FIXTURES = Path(__file__).parent / "fixtures" / "widget"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 VECTOR = json.loads((FIXTURES / "signed_request.json").read_text())
-LATER = timedelta(hours=1)
 
 
 def fixture(name: str) -> bytes:
@@ -59,8 +66,7 @@ def site(db: None) -> Iterator[FakeSite]:
 
 @pytest.fixture
 def client(db: None) -> Iterator[TestClient]:
-    settings = get_settings().model_copy(update={"sweep_interval_s": 0.5})
-    with TestClient(Ingress(create_app(settings))) as c:
+    with chat_client() as c:
         yield c
 
 
@@ -98,53 +104,23 @@ def post_fixture(client: TestClient, inbox: int, name: str, webhook_id: str | No
     return answer
 
 
-def process_journal() -> dict[str, int]:
-    return pipeline.process_deliveries(journal.sweep(older_than_s=-1), None)
-
-
-def request(body: bytes, headers: dict[str, str]) -> WebhookRequest:
-    return WebhookRequest("POST", "https://x/webhooks/1", headers, {}, body)
-
-
 def normalized(name: str) -> Any:
-    adapter = adapter_for("widget")
     body = fixture(name)
-    [payload] = adapter.accept(request(body, signed(body, "evt_1"))).payloads
-    json.dumps(payload)
-    return adapter.normalize(1, at(0), payload)
-
-
-def messages() -> list[Message]:
-    with reading() as session:
-        return list(session.scalars(select(Message).order_by(Message.id)).all())
-
-
-def reply(reply_id: int) -> Reply:
-    with reading() as session:
-        row = session.get_one(Reply, reply_id)
-        session.expunge(row)
-        return row
-
-
-def later(n: int = 1) -> datetime:
-    return datetime.now(UTC) + n * LATER
+    return chathelp.normalized("widget", body, signed(body, "evt_1"))
 
 
 def visitor_chat(site: FakeSite) -> int:
     """A widget inbox replying to ``site`` and a conversation with the visitor's message."""
     inbox = widget_inbox(site.reply_url)
     body = fixture("message.json")
-    [payload] = adapter_for("widget").accept(request(body, signed(body, "evt_m1"))).payloads
+    [payload] = accepted("widget", body, signed(body, "evt_m1"))
     pipeline.ingest_deliveries([journal.delivery(inbox, "widget", payload)], None)
     [stored] = messages()
     return stored.conversation_id
 
 
 def queue(conversation_id: int, text: str = "Chega amanhã!") -> int:
-    reply_id, _ = replies.queue_reply(
-        account_id=None, conversation_id=conversation_id, body=ReplyIn(text=text), key=None
-    )
-    return reply_id
+    return chathelp.queue(conversation_id, text)
 
 
 # Authenticity -------------------------------------------------------------------------------------
@@ -229,11 +205,10 @@ def test_over_http_a_bad_signature_or_stale_timestamp_is_a_401_and_nothing_is_jo
     bad = signed(body, "evt_1") | {"webhook-signature": "v1," + "A" * 44}
     stale = signed(body, "evt_1", stamp=int(time.time()) - 301)
     garbage = signed(body, "evt_1") | {"webhook-timestamp": "soon"}
-    for headers in (bad, stale, garbage, {"content-type": "application/json"}):
-        answer = client.post(f"/webhooks/{inbox}", content=body, headers=headers)
-        assert answer.status_code == 401, answer.text
-        assert set(answer.json()) >= {"error", "message"}
-    assert count(Delivery) == 0
+    assert_unauthorized(
+        client.post(f"/webhooks/{inbox}", content=body, headers=headers)
+        for headers in (bad, stale, garbage, {"content-type": "application/json"})
+    )
     assert post(client, inbox, body, "evt_1").status_code == 202
     assert post(client, inbox, body, "e" * 256).status_code == 202  # the longest id is a key
 
@@ -271,11 +246,13 @@ def test_bodies_outside_the_format_are_a_422_naming_the_field(client):
             "data": {**data, "attachments": [{"url": "javascript:alert(1)"}]},
         },
     }
-    for field, body in cases.items():
-        answer = post(client, inbox, json.dumps(body).encode(), f"evt_{field}")
-        assert answer.status_code == 422, (field, answer.text)
-        assert field in answer.json()["message"], (field, answer.json())
-    assert count(Delivery) == 0
+    assert_names_the_field(
+        (
+            (field, post(client, inbox, json.dumps(body).encode(), f"evt_{field}"))
+            for field, body in cases.items()
+        ),
+        exact=True,
+    )
 
 
 # Retries, edits, deletions, statuses --------------------------------------------------------------
@@ -454,18 +431,10 @@ def test_the_openapi_document_describes_the_widget_body(client):
 
 def test_cli_ingest_takes_saved_events_and_a_second_run_changes_nothing(db):
     inbox = widget_inbox()
-    files = [str(FIXTURES / n) for n in ("message.json", "message_edited.json")]
-    command = [sys.executable, "-m", "cli.main", "ingest", "--inbox", str(inbox)]
+    files = [FIXTURES / n for n in ("message.json", "message_edited.json")]
     for run in range(2):
-        done = subprocess.run(
-            [*command, "--provider", "widget", *files],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "queued 2 deliveries, refused 0 files" in done.stdout
+        printed = cli_ingest(inbox, "widget", files)
+        assert "queued 2 deliveries, refused 0 files" in printed
         counts = process_journal()
         assert counts["dead"] == 0
         assert counts["duplicate"] == (1 if run else 0)
@@ -484,30 +453,20 @@ def test_worker_killed_while_the_site_holds_the_request_shows_the_reply_once(
     """The reply is posted again after the kill, with the same ``webhook-id``: the site, which
     deduplicates by it, shows it once."""
     inbox = widget_inbox(site.reply_url)
-    site.faults.append("block")  # the site shows the reply and holds the answer
-    lease = {"INBOXSYNC_OUTBOUND_LEASE_S": "2"}
-    first = start_worker("-Q", "ingest,outbound", "--pool", "solo", extra_env=lease)
-    try:
+
+    def conversation() -> int:
         post_fixture(client, inbox, "message.json")
-        conv = eventually(lambda: [m.conversation_id for m in messages()], timeout=60)[0]
-        answer = client.post(f"/conversations/{conv}/replies", json={"text": "Olá"}, headers=ADMIN)
-        assert answer.status_code == 202, answer.text
-        rid = answer.json()["id"]
-        eventually(lambda: site.posts, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    site.release.set()
-    second = start_worker("-Q", "outbound", "--pool", "solo", extra_env=lease)
-    try:
-        done = eventually(
-            lambda: (
-                (r := client.get(f"/replies/{rid}", headers=ADMIN).json())["state"] == "sent" and r
-            ),
-            timeout=60,
-        )
-    finally:
-        stop(second)
+        return first_conversation()
+
+    # The site shows the reply and holds the answer.
+    done = worker_killed_mid_send(
+        client,
+        site,
+        conversation=conversation,
+        taken=lambda: site.posts,
+        ends="sent",
+        queues="ingest,outbound",
+    )
     assert done["attempts"] == 2
     assert [webhook_id for webhook_id, _ in site.posts] == [done["provider_message_id"]] * 2
     assert len(site.shown) == 1, "the site showed the reply twice"

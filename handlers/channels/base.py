@@ -18,11 +18,14 @@ import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.inbound import Normalized
+from settings import get_settings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class WebhookError(Exception):
@@ -117,6 +120,34 @@ def hmac_sha256_hex(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+def configured(secrets: Mapping[str, Any], name: str) -> str:
+    """The inbox's secret ``name``; without it no request can be verified."""
+    value = secrets.get(name)
+    if not value:
+        raise SignatureError(f"inbox has no {name} configured")
+    return str(value)
+
+
+def stamped_signature(
+    request: WebhookRequest, now: float, timestamp_header: str, signature_header: str
+) -> tuple[str, str]:
+    """A signature sent with the unix time it was made (Slack's, the generic webhook's): both
+    headers, as given, once the time is within ``INBOXSYNC_WEBHOOK_TOLERANCE_SECONDS`` of
+    ``now`` (a replayed request is refused after it)."""
+    stamp = request.headers.get(timestamp_header, "")
+    given = request.headers.get(signature_header, "")
+    if not stamp or not given:
+        raise SignatureError(f"missing {timestamp_header} or {signature_header} header")
+    try:
+        age = abs(now - int(stamp))  # OverflowError: an integer no float can hold
+    except (ValueError, OverflowError):
+        raise SignatureError(f"{timestamp_header} is not a unix time") from None
+    tolerance = get_settings().webhook_tolerance_seconds
+    if age > tolerance:
+        raise SignatureError(f"timestamp outside the {tolerance} s tolerance window")
+    return stamp, given
+
+
 def check_basic_auth(request: WebhookRequest, user: object, password: object) -> None:
     """HTTP basic auth against the inbox's credentials, in constant time."""
     scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
@@ -129,6 +160,17 @@ def check_basic_auth(request: WebhookRequest, user: object, password: object) ->
     ok_password = constant_time_equal(given_password, str(password))
     if scheme.lower() != "basic" or not (ok_user and ok_password):
         raise SignatureError("missing or wrong basic auth credentials")
+
+
+def validated(model: type[ModelT], data: bytes | Mapping[str, Any]) -> ModelT:
+    """``data`` (a JSON body, or a payload already decoded) as ``model``; a PayloadError that
+    names what is wrong otherwise."""
+    try:
+        if isinstance(data, bytes):
+            return model.model_validate_json(data)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(describe(exc)) from None
 
 
 def describe(exc: ValidationError, most: int = 5) -> str:

@@ -13,19 +13,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from handlers.channels.base import (
     Accepted,
     PayloadError,
     SignatureError,
     WebhookRequest,
+    configured,
     constant_time_equal,
-    describe,
     hmac_sha256_hex,
+    stamped_signature,
+    validated,
 )
 from schemas.inbound import GenericWebhook, InboundMessage
-from settings import get_settings
 
 TIMESTAMP_HEADER = "x-inboxsync-timestamp"
 SIGNATURE_HEADER = "x-inboxsync-signature"
@@ -42,31 +41,15 @@ class GenericAdapter:
     blocking = False
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
-        secret = secrets.get("signing_secret")
-        if not secret:
-            raise SignatureError("inbox has no signing_secret configured")
-        stamp = request.headers.get(TIMESTAMP_HEADER, "")
-        given = request.headers.get(SIGNATURE_HEADER, "")
-        if not stamp or not given:
-            raise SignatureError(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
-        try:
-            timestamp = int(stamp)
-            age = abs(now - timestamp)  # OverflowError: an integer no float can hold
-        except (ValueError, OverflowError):
-            raise SignatureError(f"{TIMESTAMP_HEADER} is not a unix time") from None
-        tolerance = get_settings().webhook_tolerance_seconds
-        if age > tolerance:
-            raise SignatureError(f"timestamp outside the {tolerance} s tolerance window")
+        secret = configured(secrets, "signing_secret")
+        stamp, given = stamped_signature(request, now, TIMESTAMP_HEADER, SIGNATURE_HEADER)
         candidates = [part.strip() for part in given.split(",")]
-        expected = sign(secret, timestamp, request.body)
+        expected = sign(secret, int(stamp), request.body)
         if not any(constant_time_equal(candidate, expected) for candidate in candidates):
             raise SignatureError("signature does not match")
 
     def accept(self, request: WebhookRequest) -> Accepted:
-        try:
-            body = GenericWebhook.model_validate_json(request.body)
-        except ValidationError as exc:
-            raise PayloadError(describe(exc)) from None
+        body = validated(GenericWebhook, request.body)
         # Refused here, while the sender waits for the answer, rather than a 202 and then a
         # dead letter in the worker (normalize checks it again for what the CLI enqueues).
         if request.inbox_id is not None:
@@ -76,10 +59,7 @@ class GenericAdapter:
     def normalize(
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
     ) -> list[InboundMessage]:
-        try:
-            body = GenericWebhook.model_validate(payload)
-        except ValidationError as exc:
-            raise PayloadError(describe(exc)) from None
+        body = validated(GenericWebhook, payload)
         _check_inbox(body, inbox_id)
         return [
             InboundMessage(

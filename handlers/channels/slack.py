@@ -39,22 +39,21 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, Literal
 
 from handlers.channels.base import (
     Accepted,
     PayloadError,
     SignatureError,
     WebhookRequest,
+    configured,
     constant_time_equal,
-    describe,
     hmac_sha256_hex,
+    stamped_signature,
+    validated,
 )
 from schemas.inbound import InboundMessage, MediaRef, MessageEdit, Normalized
 from schemas.slack import SlackCallback, SlackChallenge, SlackFile, SlackMessage
-from settings import get_settings
 
 if TYPE_CHECKING:
     from handlers.media import Get
@@ -66,7 +65,6 @@ SIGNATURE_HEADER = "x-slack-signature"
 MESSAGE_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
 DIRECT = frozenset({"im", "mpim"})
 Kind = Literal["message", "edit", "delete", "ignore"]
-M = TypeVar("M", SlackCallback, SlackChallenge)
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -81,28 +79,16 @@ class SlackAdapter:
     media_hosts = (r"files\.slack\.com",)
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
-        secret = secrets.get("signing_secret")
-        if not secret:
-            raise SignatureError("inbox has no signing_secret configured")
-        stamp = request.headers.get(TIMESTAMP_HEADER, "")
-        given = request.headers.get(SIGNATURE_HEADER, "")
-        if not stamp or not given:
-            raise SignatureError(f"missing {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
-        try:
-            age = abs(now - int(stamp))  # OverflowError: an integer no float can hold
-        except (ValueError, OverflowError):
-            raise SignatureError(f"{TIMESTAMP_HEADER} is not a unix time") from None
-        tolerance = get_settings().webhook_tolerance_seconds
-        if age > tolerance:
-            raise SignatureError(f"timestamp outside the {tolerance} s tolerance window")
-        if not constant_time_equal(given.strip(), sign(str(secret), stamp, request.body)):
+        secret = configured(secrets, "signing_secret")
+        stamp, given = stamped_signature(request, now, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+        if not constant_time_equal(given.strip(), sign(secret, stamp, request.body)):
             raise SignatureError("signature does not match")
 
     def accept(self, request: WebhookRequest) -> Accepted:
         body = _json_object(request.body)
         kind = body.get("type")
         if kind == "url_verification":
-            challenge = _validate(SlackChallenge, body).challenge
+            challenge = validated(SlackChallenge, body).challenge
             return Accepted(reply={"challenge": challenge}, status=200)
         event = body.get("event")
         if (
@@ -111,7 +97,7 @@ class SlackAdapter:
             or event.get("type") != "message"
         ):
             return Accepted(status=200)  # nothing to keep; a refusal would only be retried
-        callback = _validate(SlackCallback, body)
+        callback = validated(SlackCallback, body)
         if classify(callback) == "ignore":
             return Accepted(status=200)
         return Accepted(
@@ -123,7 +109,7 @@ class SlackAdapter:
     def normalize(
         self, inbox_id: int, received_at: datetime, payload: dict[str, Any]
     ) -> Sequence[Normalized]:
-        callback = _validate(SlackCallback, payload)
+        callback = validated(SlackCallback, payload)
         kind = classify(callback)  # again: a journaled payload is not trusted to be filtered
         if kind == "message":
             return [_inbound(inbox_id, received_at, callback.event)]
@@ -346,10 +332,3 @@ def _json_object(body: bytes) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise PayloadError("body is not a JSON object")
     return parsed
-
-
-def _validate(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PayloadError(describe(exc)) from None

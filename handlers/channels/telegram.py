@@ -39,11 +39,11 @@ from pydantic import ValidationError
 
 from handlers.channels.base import (
     Accepted,
-    PayloadError,
     SignatureError,
     WebhookRequest,
+    configured,
     constant_time_equal,
-    describe,
+    validated,
 )
 from handlers.outbound.telegram import DEFAULT_API_URL, redact
 from schemas.inbound import InboundMessage, MediaRef, MessageEdit, Normalized
@@ -72,11 +72,9 @@ class TelegramAdapter:
     media_hosts = (r"api\.telegram\.org",)
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
-        expected = secrets.get("secret_token")
-        if not expected:
-            raise SignatureError("inbox has no secret_token configured")
+        expected = configured(secrets, "secret_token")
         given = request.headers.get(SECRET_HEADER, "")
-        if not given or not constant_time_equal(given, str(expected)):
+        if not given or not constant_time_equal(given, expected):
             raise SignatureError(f"missing or wrong {SECRET_HEADER} header")
 
     def accept(self, request: WebhookRequest) -> Accepted:
@@ -138,10 +136,7 @@ class TelegramAdapter:
 
 
 def _parse(body: bytes) -> TgUpdate:
-    try:
-        return TgUpdate.model_validate_json(body)
-    except ValidationError as exc:
-        raise PayloadError(describe(exc)) from None
+    return validated(TgUpdate, body)
 
 
 def _relevant(update: TgUpdate) -> bool:

@@ -58,6 +58,7 @@ from handlers.channels.base import (
     SignatureError,
     TooLarge,
     WebhookRequest,
+    configured,
     constant_time_equal,
     describe,
 )
@@ -134,9 +135,7 @@ class TwilioAdapter:
     )
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
-        token = secrets.get("auth_token")
-        if not token:
-            raise SignatureError("inbox has no auth_token configured")
+        token = configured(secrets, "auth_token")
         given = request.headers.get(SIGNATURE_HEADER, "")
         if not given:
             raise SignatureError("missing X-Twilio-Signature header")
@@ -146,7 +145,7 @@ class TwilioAdapter:
             raise SignatureError(f"no signature to check: {exc}") from None
         public_url = secrets.get("public_url")
         url = signed_url(request.url, str(public_url) if public_url else None)
-        if not constant_time_equal(given.strip(), sign(str(token), url, params)):
+        if not constant_time_equal(given.strip(), sign(token, url, params)):
             raise SignatureError("signature does not match")
 
     def accept(self, request: WebhookRequest) -> Accepted:

@@ -53,9 +53,10 @@ from handlers.channels.base import (
     PayloadError,
     SignatureError,
     WebhookRequest,
+    configured,
     constant_time_equal,
-    describe,
     hmac_sha256_hex,
+    validated,
 )
 from handlers.channels.phones import e164
 from schemas.inbound import DeliveryUpdate, InboundMessage, MediaRef, MessageEdit, Normalized
@@ -106,13 +107,11 @@ class WhatsAppAdapter:
         if request.method == "GET":
             _verify_subscription(request, secrets)
             return
-        secret = secrets.get("app_secret")
-        if not secret:
-            raise SignatureError("inbox has no app_secret configured")
+        secret = configured(secrets, "app_secret")
         given = request.headers.get(SIGNATURE_HEADER, "").strip()
         if not given.startswith("sha256="):
             raise SignatureError("missing or malformed X-Hub-Signature-256 header")
-        if not constant_time_equal(given.lower(), sign(str(secret), request.body)):
+        if not constant_time_equal(given.lower(), sign(secret, request.body)):
             raise SignatureError("signature does not match")
 
     def accept(self, request: WebhookRequest) -> Accepted:
@@ -123,10 +122,7 @@ class WhatsAppAdapter:
                     "hub.challenge missing or not a short text", field="hub.challenge"
                 )
             return Accepted(reply_text=challenge, status=200)
-        try:
-            webhook = WaWebhook.model_validate_json(request.body)
-        except ValidationError as exc:
-            raise PayloadError(describe(exc)) from None
+        webhook = validated(WaWebhook, request.body)
         if webhook.object != "whatsapp_business_account":
             raise PayloadError(f"object is {webhook.object!r}, not whatsapp_business_account")
         items = [item.model_dump(mode="json", by_alias=True) for item in _items(webhook)]
@@ -167,12 +163,10 @@ class WhatsAppAdapter:
 
 
 def _verify_subscription(request: WebhookRequest, secrets: Mapping[str, Any]) -> None:
-    expected = secrets.get("verify_token")
-    if not expected:
-        raise SignatureError("inbox has no verify_token configured")
+    expected = configured(secrets, "verify_token")
     if request.query.get("hub.mode") != "subscribe":
         raise Forbidden("hub.mode is not subscribe", field="hub.mode")
-    if not constant_time_equal(request.query.get("hub.verify_token", ""), str(expected)):
+    if not constant_time_equal(request.query.get("hub.verify_token", ""), expected):
         raise Forbidden("hub.verify_token does not match", field="hub.verify_token")
 
 
@@ -183,10 +177,7 @@ def _items(webhook: WaWebhook) -> list[WaMessageItem | WaStatusItem]:
         for change in entry.changes:
             if change.field != "messages":
                 continue  # smb_message_echoes (our own messages), templates, account news
-            try:
-                value = WaValue.model_validate(change.value)
-            except ValidationError as exc:
-                raise PayloadError(describe(exc)) from None
+            value = validated(WaValue, change.value)
             number = value.metadata
             contacts = {c.wa_id: c for c in value.contacts}
             for message in value.messages:

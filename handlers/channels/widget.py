@@ -27,15 +27,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from handlers.channels.base import (
     Accepted,
-    PayloadError,
     SignatureError,
     WebhookRequest,
+    configured,
     constant_time_equal,
-    describe,
+    validated,
 )
 from handlers.outbound.widget import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from schemas.inbound import DeliveryUpdate, InboundMessage, MediaRef, MessageEdit, Normalized
@@ -61,9 +59,7 @@ class WidgetAdapter:
     blocking = False
 
     def verify(self, request: WebhookRequest, secrets: Mapping[str, Any], now: float) -> None:
-        secret = secrets.get("signing_secret")
-        if not secret:
-            raise SignatureError("inbox has no signing_secret configured")
+        secret = configured(secrets, "signing_secret")
         webhook_id, stamp, given = (
             request.headers.get(h, "") for h in (ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
         )
@@ -77,7 +73,7 @@ class WidgetAdapter:
         if abs(now - int(stamp)) > tolerance:
             raise SignatureError(f"{TIMESTAMP_HEADER} outside the {tolerance} s tolerance window")
         try:
-            expected = sign(str(secret), webhook_id, int(stamp), request.body)
+            expected = sign(secret, webhook_id, int(stamp), request.body)
         except ValueError as exc:  # the secret, or a body that is not UTF-8
             raise SignatureError(f"cannot check the signature: {_reason(exc)}") from None
         candidates = given.split()[:MAX_SIGNATURES]
@@ -85,10 +81,7 @@ class WidgetAdapter:
             raise SignatureError("no signature matches")
 
     def accept(self, request: WebhookRequest) -> Accepted:
-        try:
-            event = WidgetWebhook.model_validate_json(request.body)
-        except ValidationError as exc:
-            raise PayloadError(describe(exc)) from None
+        event = validated(WidgetWebhook, request.body)
         given_id = request.headers.get(ID_HEADER)
         webhook_id = given_id or "sha256:" + hashlib.sha256(request.body).hexdigest()
         delivery = WidgetDelivery(webhook_id=webhook_id, event=event)
