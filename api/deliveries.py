@@ -23,8 +23,12 @@ router = APIRouter(tags=["webhooks"])
 )
 def get_delivery(delivery_id: Id, who: Caller) -> Any:
     with reading() as session:
+        # The journal row is read first: a worker deletes it and writes the outcome in one
+        # commit, so a row gone at the first read has its outcome at the second. The other way
+        # round, a commit between the two reads showed neither: a 404 for an accepted delivery.
+        journaled = session.get(Delivery, delivery_id)
         done = session.get(DeliveryOutcome, delivery_id)
-        waiting = None if done is not None else session.get(Delivery, delivery_id)
+        waiting = None if done is not None else journaled
         inbox_id = done.inbox_id if done else (waiting.inbox_id if waiting else None)
         account = session.scalar(select(Inbox.account_id).where(Inbox.id == inbox_id))
         if inbox_id is None or account is None or not who.sees(account):

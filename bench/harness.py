@@ -159,9 +159,11 @@ class Pipeline:
             sys.path.insert(0, str(ROOT))
             from settings import Settings
 
-            kw: dict[str, Any] = {"data_dir": Path(self.env["INBOXSYNC_DATA_DIR"])}
-            if "DATABASE_URL" in self.env:
-                kw["database_url"] = self.env["DATABASE_URL"]
+            # The pipeline's store, whatever this process's environment names (None: embedded).
+            kw: dict[str, Any] = {
+                "data_dir": Path(self.env["INBOXSYNC_DATA_DIR"]),
+                "database_url": self.env.get("DATABASE_URL"),
+            }
             url = Settings(_env_file=None, **kw).resolved_database_url  # type: ignore[call-arg]
             self._engine = create_engine(url, pool_size=1)
             self.stack.callback(self._engine.dispose)

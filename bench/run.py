@@ -94,7 +94,7 @@ def measure_drain(p: Pipeline, n: int, report: Report) -> None:
 
 def measure_end_to_end(
     p: Pipeline, workers: int, n: int, label: str, report: Report, profile: Path | None = None
-) -> None:
+) -> float:
     p.start_workers(workers, profile)  # returns when they have stored a warm-up batch
     before = p.stored()
     cpu0 = cpu_snapshot(p)
@@ -105,10 +105,28 @@ def measure_end_to_end(
     cpu1 = cpu_snapshot(p)
     left = queue_left(p)
     p.stop_workers()
-    report.row(f"end-to-end: messages/s, {label}", f"{n / (done - started):,.0f}", n)
+    rate = n / (done - started)
+    report.row(f"end-to-end: messages/s, {label}", f"{rate:,.0f}", n)
     report.note(cpu_line(label, cpu0, cpu1, n))
     if left is not None:
         report.note(f"{label}: ingest messages left on the broker once all was stored: {left}")
+    return rate
+
+
+def measure_metrics_cost(
+    p: Pipeline, env: dict[str, str], stack: ExitStack, work: Path, n: int, report: Report
+) -> None:
+    """What counting costs: end to end with 1 worker, metrics on (the default), off
+    (``INBOXSYNC_METRICS=false``: another HTTP service and worker on the same store), on again."""
+    logs = work / "metrics-off"
+    logs.mkdir(exist_ok=True)
+    off_pipeline = Pipeline({**env, "INBOXSYNC_METRICS": "false"}, stack, logs)
+    on = [measure_end_to_end(p, 1, n, "1 worker process, metrics on", report)]
+    off = measure_end_to_end(
+        off_pipeline, 1, n, "1 worker process, INBOXSYNC_METRICS=false", report
+    )
+    on.append(measure_end_to_end(p, 1, n, "1 worker process, metrics on (again)", report))
+    report.row("metrics cost: end-to-end rate with metrics on / off", f"{sum(on) / 2 / off:.2f}", n)
 
 
 def queue_left(p: Pipeline) -> int | None:
@@ -242,6 +260,7 @@ def on_redis_and_postgres(
                 "e2e2": lambda: measure_end_to_end(
                     p, 2, args.n, "2 worker processes, Redis + PostgreSQL", report
                 ),
+                "metrics": lambda: measure_metrics_cost(p, env, stack, work, args.n, report),
                 "email": lambda: measure_email(p, args.threads, report),
                 "chat": lambda: chat.measure(p, args.chat_n, report),
                 "latency": lambda: measure_latency(p, args.rate, args.seconds, report),
@@ -289,7 +308,7 @@ def main() -> None:
         "--only",
         nargs="*",
         default=[],
-        help="run only these Redis + PostgreSQL steps: ingress drain e2e1 e2e2 email chat "
+        help="run only these Redis + PostgreSQL steps: ingress drain e2e1 e2e2 metrics email chat "
         "latency reading scripts (no embedded run, no results.md)",
     )
     args = parser.parse_args()
