@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -329,28 +330,30 @@ Chegou hoje, obrigada!
 """
 
 
-class _PostmarkStandIn:
-    """A stand-in for Postmark's send API on loopback (the demo reaches no real provider)."""
+class StandIn:
+    """A provider's API on loopback that answers JSON (the demo reaches no real provider):
+    ``answer(path, headers, body)`` gives the status and payload of each POST; ``received``
+    keeps what the provider was sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[str, Any, dict[str, Any]], tuple[int, Any]]) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        received: list[dict[str, Any]] = []
-        self.received = received
+        self.received: list[dict[str, Any]] = []
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:
-                received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-                body = json.dumps({"MessageID": f"pm-{len(received)}", "ErrorCode": 0}).encode()
-                self.send_response(200)
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                status, payload = answer(self.path, self.headers, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -361,9 +364,20 @@ class _PostmarkStandIn:
         self.server.server_close()
 
 
+def _postmark_stand_in() -> StandIn:
+    """Postmark's send API: keeps each mail, answers its MessageID."""
+
+    def answer(path: str, headers: Any, body: dict[str, Any]) -> tuple[int, Any]:
+        postmark.received.append(body)
+        return 200, {"MessageID": f"pm-{len(postmark.received)}", "ErrorCode": 0}
+
+    postmark = StandIn(answer)
+    return postmark
+
+
 def _email_round_trip(http: httpx.Client, auth: dict[str, str], stack: ExitStack) -> None:
     console.rule("email: a customer's mail, the agent's reply, the customer's answer")
-    postmark = _PostmarkStandIn()
+    postmark = _postmark_stand_in()
     stack.callback(postmark.close)
     inbox = http.post(
         "/inboxes",

@@ -8,19 +8,17 @@ API, a stand-in on loopback that the worker sends the agent's reply to.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 from rich.markup import escape
 
+from cli.demo import StandIn, console
 from cli.demo import _wait_until as wait_until
-from cli.demo import console
 from handlers.channels.whatsapp import sign
 
 APP_SECRET = "demo-whatsapp-app-secret"
@@ -31,49 +29,23 @@ DISPLAY_NUMBER = "15550783881"
 MARIA = "351910000000"  # her wa_id: E.164 without the "+"
 
 
-class GraphStandIn:
+def graph_stand_in() -> StandIn:
     """WhatsApp Cloud API's ``POST /{phone_number_id}/messages`` on loopback: keeps each message
     and answers with its wamid, as Graph API does."""
 
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
+    def answer(path: str, headers: Any, body: dict[str, Any]) -> tuple[int, Any]:
+        if headers.get("authorization") != f"Bearer {ACCESS_TOKEN}":
+            return 401, {"error": {"code": 190, "message": "Invalid token"}}
+        wamid = f"wamid.demo{uuid.uuid4().hex}"
+        graph.received.append({"path": path, "wamid": wamid, **body})
+        return 200, {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+            "messages": [{"id": wamid}],
+        }
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                if self.headers.get("authorization") != f"Bearer {ACCESS_TOKEN}":
-                    self._answer(401, {"error": {"code": 190, "message": "Invalid token"}})
-                    return
-                wamid = f"wamid.demo{uuid.uuid4().hex}"
-                received.append({"path": self.path, "wamid": wamid, **body})
-                self._answer(
-                    200,
-                    {
-                        "messaging_product": "whatsapp",
-                        "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                        "messages": [{"id": wamid}],
-                    },
-                )
-
-            def _answer(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    graph = StandIn(answer)
+    return graph
 
 
 def _webhook(value: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +118,7 @@ def _settled(http: httpx.Client, auth: dict[str, str], delivery_ids: list[int]) 
 
 def whatsapp_round_trip(http: httpx.Client, auth: dict[str, str], stack: ExitStack) -> None:
     console.rule("chat: a WhatsApp conversation, answered from the API")
-    graph = GraphStandIn()
+    graph = graph_stand_in()
     stack.callback(graph.close)
     inbox = http.post(
         "/inboxes",
