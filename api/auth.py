@@ -25,10 +25,18 @@ from store.models import ApiToken
 @dataclass(frozen=True)
 class Principal:
     account_id: int | None  # None: the admin
+    token_id: int | None = None  # the account token's row; None: the admin token
 
     @property
     def is_admin(self) -> bool:
         return self.account_id is None
+
+    @property
+    def cause(self) -> dict[str, object]:
+        """What a change made by this caller records as its cause."""
+        if self.token_id is None:
+            return {"via": "api", "token": "admin"}
+        return {"via": "api", "token_id": self.token_id}
 
     def sees(self, account_id: int) -> bool:
         return self.is_admin or self.account_id == account_id
@@ -81,12 +89,14 @@ def principal(
     if constant_time_equal(token, get_settings().admin_token):
         return Principal(account_id=None)
     with reading() as session:
-        account_id = session.scalar(
-            select(ApiToken.account_id).where(ApiToken.token_sha256 == token_digest(token))
-        )
-    if account_id is None:
+        found = session.execute(
+            select(ApiToken.account_id, ApiToken.id).where(
+                ApiToken.token_sha256 == token_digest(token)
+            )
+        ).first()
+    if found is None:
         raise ApiError(401, "unauthenticated", "unknown token")
-    return Principal(account_id=account_id)
+    return Principal(account_id=found.account_id, token_id=found.id)
 
 
 def admin(who: Annotated[Principal, Depends(principal)]) -> Principal:

@@ -126,6 +126,7 @@ async def submit(
                 action=action,
                 request_sha256=digest,
                 notes=notes,
+                cause=who.cause,
             ).model_dump(mode="json")
             # Journaled first: a lost broker message is published again by the sweeper, and a
             # retry that finds it pending publishes nothing more.

@@ -104,7 +104,11 @@ def apply_internal(
     """Apply a change inboxsync makes itself (a merge) to a case the caller has locked, and
     record it like any other change; a refusal propagates."""
     env = c.ChangeEnvelope(
-        id=change_id, account_id=account_id, occurred_at=occurred_at, action=action
+        id=change_id,
+        account_id=account_id,
+        occurred_at=occurred_at,
+        action=action,
+        cause={"via": "ingest"},
     )
     folded = fold_into_case(session, loaded, change_id, occurred_at, action)
     cases.save_case(session, loaded, occurred_at)
@@ -365,6 +369,7 @@ def _record(
             request_sha256=digest,
             outcome=result.outcome,
             result=result.model_dump(mode="json"),
+            cause=env.cause or None,
         )
     )
     if folded.effects:

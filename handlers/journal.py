@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, case, delete, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -118,8 +118,31 @@ def forget_tokens(older_than_s: float) -> int:
         return len(gone)
 
 
+# A row the sweep found again waits twice as long each time, up to this many periods: when
+# workers are only behind, re-publishing every pending row each period floods the broker with
+# copies (a chaos run turned 850 pending changes into 32,000 broker messages), while a row whose
+# broker message was really lost is still published again within 16 periods.
+BACKOFF_MAX_DOUBLINGS = 4
+
+
+def _due(column: Any, republished: Any, now: datetime, older_than_s: float) -> Any:
+    """Rows whose last publish is older than ``older_than_s`` × 2^republished (capped): one
+    CASE over bound cut-offs, the same SQL on both stores; the first test keeps the index."""
+    cutoffs = [
+        now - timedelta(seconds=older_than_s * 2**n) for n in range(BACKOFF_MAX_DOUBLINGS + 1)
+    ]
+    # Typed as the column, so that each store compares times as it stores them.
+    bound = [literal(cutoff, type_=column.type) for cutoff in cutoffs]
+    by_count = case(
+        *((republished == n, bound[n]) for n in range(BACKOFF_MAX_DOUBLINGS)),
+        else_=bound[-1],
+    )
+    return and_(column < cutoffs[0], column < by_count)
+
+
 def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
-    """Ids of deliveries enqueued more than ``older_than_s`` ago and still not stored.
+    """Ids of deliveries enqueued more than ``older_than_s`` ago (doubled for each earlier
+    re-publish, see ``BACKOFF_MAX_DOUBLINGS``) and still not stored.
 
     They are marked enqueued now, so that each is handed out again at most once per period; the
     caller publishes them. A second copy of a delivery that was only slow is harmless: the worker
@@ -128,7 +151,7 @@ def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
     with transaction() as session:
         ids = session.scalars(
             select(Delivery.id)
-            .where(Delivery.enqueued_at < now - timedelta(seconds=older_than_s))
+            .where(_due(Delivery.enqueued_at, Delivery.republished, now, older_than_s))
             .order_by(Delivery.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -137,7 +160,7 @@ def sweep(older_than_s: float, limit: int = 1000) -> list[int]:
             session.execute(
                 update(Delivery)
                 .where(bulk.among(session, Delivery.id, ids))
-                .values(enqueued_at=now)
+                .values(enqueued_at=now, republished=Delivery.republished + 1)
             )
     return list(ids)
 
@@ -163,13 +186,14 @@ def pend(change_id: str, account_id: int, queue: str, envelope: dict[str, Any]) 
 
 
 def sweep_changes(older_than_s: float, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
-    """(queue, envelope) of the pending changes enqueued more than ``older_than_s`` ago, marked
-    enqueued now; the caller publishes them again (a second copy is a no-op: changes have ids)."""
+    """(queue, envelope) of the pending changes enqueued more than ``older_than_s`` ago (with the
+    same backoff as ``sweep``), marked enqueued now; the caller publishes them again (a second
+    copy is a no-op: changes have ids)."""
     now = datetime.now(UTC)
     with transaction() as session:
         rows = session.execute(
             select(PendingChange.id, PendingChange.queue, PendingChange.envelope)
-            .where(PendingChange.enqueued_at < now - timedelta(seconds=older_than_s))
+            .where(_due(PendingChange.enqueued_at, PendingChange.republished, now, older_than_s))
             .order_by(PendingChange.enqueued_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -178,6 +202,6 @@ def sweep_changes(older_than_s: float, limit: int = 1000) -> list[tuple[str, dic
             session.execute(
                 update(PendingChange)
                 .where(PendingChange.id.in_([r.id for r in rows]))
-                .values(enqueued_at=now)
+                .values(enqueued_at=now, republished=PendingChange.republished + 1)
             )
     return [(r.queue, r.envelope) for r in rows]

@@ -212,7 +212,11 @@ def _apply(session: Session, repair: Repair, at: datetime, settings: Settings) -
         removed_by=repair.removed_by,
     )
     env = c.ChangeEnvelope(
-        id=repair.change_id, account_id=repair.account_id, occurred_at=at, action=action
+        id=repair.change_id,
+        account_id=repair.account_id,
+        occurred_at=at,
+        action=action,
+        cause={"via": "reconcile"},
     )
     try:
         result = apply.apply_change(session, env, settings)

@@ -171,6 +171,10 @@ class ChangeEnvelope(BaseModel):
     request_sha256: str | None = None
     # What the answer must tell the caller about how the change was taken (a clamped time).
     notes: list[str] = Field(default_factory=list)
+    # Who or what made it, for the history (GET /tickets/{id}/history): {"via": "api",
+    # "token_id": 7} (no token_id: the admin token), {"via": "ingest"}, {"via": "reconcile"},
+    # {"via": "bulk", "job_id": 3}. Not part of the request digest.
+    cause: dict[str, Any] = Field(default_factory=dict)
 
 
 Outcome = Literal["applied", "rejected", "superseded"]

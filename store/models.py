@@ -181,6 +181,8 @@ class Delivery(Base):
     provider: Mapped[str] = mapped_column(String(40))
     received_at: Mapped[datetime]
     enqueued_at: Mapped[datetime] = mapped_column(index=True)
+    # Times the sweep published it again; each time it waits twice as long (handlers/journal.py).
+    republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     # An id is never handed out twice (SQLite would reuse the highest after a delete): it names
     # the delivery's outcome for good (DeliveryOutcome).
@@ -218,6 +220,7 @@ class PendingChange(Base):
     queue: Mapped[str] = mapped_column(String(20))
     envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
     enqueued_at: Mapped[datetime] = mapped_column(index=True)
+    republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class WebhookToken(Base):
@@ -374,6 +377,9 @@ class Change(Base):
     request_sha256: Mapped[str | None] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(10))
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Who or what made it: {"via": "api", "token_id": …} | {"via": "ingest", "delivery_id": …}
+    # | {"via": "reconcile"} | {"via": "bulk", "job_id": …}; read by GET /tickets/{id}/history.
+    cause: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Effect(Base):

@@ -205,6 +205,50 @@ def test_the_sweeper_hands_out_stale_deliveries_again_once_per_period(make_accou
     assert journal.sweep(older_than_s=-1) == []
 
 
+def _published_ago(table: Any, seconds: float) -> None:
+    """Pretend the journal rows of ``table`` were last published ``seconds`` ago."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from store.db import transaction
+
+    with transaction() as session:
+        session.execute(
+            update(table).values(enqueued_at=datetime.now(UTC) - timedelta(seconds=seconds))
+        )
+
+
+def test_a_row_the_sweeper_keeps_finding_waits_twice_as_long_each_time(make_account):
+    """Workers that are only behind must not get a fresh copy of every pending row each period
+    (the chaos run's 32,000 broker copies of 850 changes): the wait doubles per re-publish, up
+    to 16 periods, so a row whose message was really lost still goes out again."""
+    acct = make_account()
+    ids = journal.journal(deliveries(acct["inbox"], generic("m1")))
+    period = 10.0
+    for republished in range(journal.BACKOFF_MAX_DOUBLINGS + 2):
+        wait = period * 2 ** min(republished, journal.BACKOFF_MAX_DOUBLINGS)
+        _published_ago(Delivery, wait - 2)
+        assert journal.sweep(older_than_s=period) == [], republished
+        _published_ago(Delivery, wait + 2)
+        assert journal.sweep(older_than_s=period) == ids, republished
+    with reading() as session:
+        assert session.scalar(select(Delivery.republished)) == journal.BACKOFF_MAX_DOUBLINGS + 2
+
+
+def test_a_pending_change_the_sweeper_keeps_finding_waits_twice_as_long_each_time(make_account):
+    from store.models import PendingChange
+
+    acct = make_account()
+    journal.pend("c-1", acct["account"], "inbox", {"id": "c-1"})
+    _published_ago(PendingChange, 15)
+    assert [e["id"] for _, e in journal.sweep_changes(older_than_s=10)] == ["c-1"]
+    _published_ago(PendingChange, 15)  # once re-published it waits 20 s, not 10
+    assert journal.sweep_changes(older_than_s=10) == []
+    _published_ago(PendingChange, 25)
+    assert [e["id"] for _, e in journal.sweep_changes(older_than_s=10)] == ["c-1"]
+
+
 def test_a_worker_stores_its_own_deliveries_and_leaves_the_others_to_their_messages(make_account):
     """Taking other pending rows left their broker messages to find nothing: a task and a
     transaction each, after the work was done."""
