@@ -19,6 +19,7 @@ from api import (
     deliveries,
     errors,
     health,
+    history,
     limits,
     messages,
     reconcile,
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(resources.router)
     app.include_router(cases.router)
+    app.include_router(history.router)
     app.include_router(replies.router)
     app.include_router(attachments.router)
     app.include_router(messages.router)

@@ -101,6 +101,12 @@ def _print_status(found: Status) -> None:
         periodic = f"{lease.holder} (lease expired {_age(-lease.expires_in_s)} ago: no one now)"
     else:
         periodic = f"{lease.holder} ({lease.rounds} rounds)"
+    turn = found.reconcile
+    if turn is None:
+        reconciliation = "never run"
+    else:
+        due = "due now" if turn.expires_in_s <= 0 else f"next in {_age(turn.expires_in_s)}"
+        reconciliation = f"last by {turn.holder} ({turn.rounds} turns; {due})"
     facts = Table(title="deployment", show_header=False)
     facts.add_column("what")
     facts.add_column("value")
@@ -114,6 +120,7 @@ def _print_status(found: Status) -> None:
         ("dead letters waiting", str(found.dead_letters_waiting)),
         ("replies due", str(found.replies_due)),
         ("periodic lease", periodic),
+        ("reconciliation", reconciliation),
     ):
         facts.add_row(what, value)
     _print(facts)

@@ -375,3 +375,36 @@ class ChangeOut(BaseModel):
     ticket: TicketOut | None = None
     effects: list[dict[str, Any]] = Field(default_factory=list)
     superseded: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class HistoryEntry(BaseModel):
+    """One event of a case, in the order the rules applied them."""
+
+    event_id: str = Field(description="The change id, or `message:<id>` for an inbound message.")
+    kind: str = Field(description="The action (`set_ticket_status`, …) or `message_received`.")
+    at: Timestamp = Field(description="Its place in the case's history (inboxsync's clock).")
+    outcome: Literal["applied", "rejected", "superseded"]
+    cause: dict[str, Any] = Field(
+        description='Who or what made it: `{"via": "api", "token_id": 7, "token_name": …}` '
+        '(`"token": "admin"` for the admin token), `{"via": "webhook", "message_id": …}`, '
+        '`{"via": "ingest"}` (a merge), `{"via": "reconcile"}`, `{"via": "bulk", "job_id": …}`.'
+    )
+    action: dict[str, Any] | None = Field(default=None, description="What the change asked.")
+    effects: list[dict[str, Any]] = Field(
+        default_factory=list, description="What it set, field by field, each with its rule id."
+    )
+    error: str | None = Field(default=None, description="Why a rule refused it.")
+    rule: str | None = Field(default=None, description="The rule that refused it (`T2`, …).")
+
+
+class HistoryOut(BaseModel):
+    """``GET /tickets/{id}/history``: every change and message of the ticket's case, and for
+    each field of the entity, the event and rule that set its current value."""
+
+    entity: Literal["ticket", "conversation"]
+    id: int
+    entries: list[HistoryEntry]
+    last_set_by: dict[str, dict[str, str]] = Field(
+        description='Field → `{"event_id", "rule"}` of the event that set its value last: '
+        '"why is this ticket closed?"'
+    )

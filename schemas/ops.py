@@ -119,3 +119,8 @@ class Status(BaseModel):
     dead_letters_waiting: int
     replies_due: int
     periodic: LeaseStatus | None
+    reconcile: LeaseStatus | None = Field(
+        default=None,
+        description="The last reconciliation turn (INBOXSYNC_RECONCILE_INTERVAL_S): who ran it, "
+        "how many turns so far; expires_in_s is the time until the next turn may start.",
+    )

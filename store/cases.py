@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
 from handlers.rules import Case, ConversationState, TicketState
@@ -24,6 +24,7 @@ from store.models import Change, Conversation, Message, Ticket
 _CONV_FIELDS = ("status", "owner_id", "location", "ticket_id", "removed_by")
 _TICKET_FIELDS = ("status", "owner_id", "location", "removed_by")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Q = TypeVar("Q", bound=Select)  # type: ignore[type-arg]
 
 
 class NotFound(Exception):
@@ -89,11 +90,13 @@ def lock_case(
     conversation_ids: Iterable[int] = (),
     ticket_ids: Iterable[int] = (),
     snapshot: bool = True,
+    lock: bool = True,
 ) -> LoadedCase:
     """Lock and load every row of the cases that hold these conversations and tickets.
 
     ``snapshot=False``: only to read (nothing will be saved from this load): no copy of the
-    state to diff against, which costs more than the rest on a large batch."""
+    state to diff against, which costs more than the rest on a large batch. ``lock=False``: a
+    reader's load (GET /tickets/{id}/history), in a read-only transaction that may not lock."""
     conv_ids = sorted(set(conversation_ids))
     wanted_tickets = set(ticket_ids)
     for _attempt in range(5):
@@ -109,10 +112,12 @@ def lock_case(
         ticket_rows: Sequence[Any] = []
         if tickets_needed:
             ticket_rows = session.execute(
-                select(*_TICKET_COLUMNS)
-                .where(among(session, Ticket.id, tickets_needed))
-                .order_by(Ticket.id)
-                .with_for_update()
+                _locked(
+                    select(*_TICKET_COLUMNS)
+                    .where(among(session, Ticket.id, tickets_needed))
+                    .order_by(Ticket.id),
+                    lock,
+                )
             ).all()
         for missing in tickets_needed - {t.id for t in ticket_rows}:
             raise NotFound("ticket", missing)
@@ -120,15 +125,16 @@ def lock_case(
         if tickets_needed:
             members = or_(members, among(session, Conversation.ticket_id, tickets_needed))
         conv_rows = session.execute(
-            select(*_CONVERSATION_COLUMNS)
-            .where(members)
-            .order_by(Conversation.id)
-            .with_for_update()
+            _locked(select(*_CONVERSATION_COLUMNS).where(members).order_by(Conversation.id), lock)
         ).all()
         # A conversation may have joined a ticket between the first read and the lock.
         if all(cv.ticket_id is None or cv.ticket_id in tickets_needed for cv in conv_rows):
             return _loaded(conv_rows, ticket_rows, snapshot)
     raise RuntimeError("case membership kept changing while locking")  # retried by the task
+
+
+def _locked(query: Q, lock: bool) -> Q:
+    return query.with_for_update() if lock else query
 
 
 def _loaded(

@@ -26,7 +26,7 @@ from store.db import transaction
 from store.models import PendingChange, Reply
 from tests.apihelp import eventually
 from tests.storehelp import change, conversation
-from workers.periodic import LEASE
+from workers.periodic import LEASE, RECONCILE_LEASE
 from workers.status import QUEUES, gather
 
 PUBLISHED = {"ingest": 2, "inbox": 1, "helpdesk": 1, "outbound": 1, "bulk": 0}
@@ -158,6 +158,24 @@ def test_status_says_when_nobody_holds_the_periodic_lease(db: None) -> None:
     assert status.periodic is not None and status.periodic.expires_in_s < 0
     assert status.dead_letters_waiting == 0 and status.journal.count == 0
     assert "lease expired" in run("status")
+
+
+def test_status_tells_the_last_reconciliation_and_when_the_next_is_due(db: None) -> None:
+    """The reconcile lease is a turn, not a holding: its expiry is when the next turn may start
+    (workers/periodic.py ``reconcile_turn``)."""
+    assert gather().reconcile is None
+    assert "never run" in run("status")
+    now = datetime.now(UTC)
+    assert lease.take_turn(RECONCILE_LEASE, "host-b:7:r", every_s=600, now=now)
+    found = json.loads(run("status", "--json"))["reconcile"]
+    assert found["holder"] == "host-b:7:r" and found["rounds"] == 1
+    assert 500 < found["expires_in_s"] <= 600
+    assert "last by host-b:7:r (1 turns; next in 10 min)" in run("status")
+    later = now + timedelta(seconds=601)
+    assert lease.take_turn(RECONCILE_LEASE, "host-c:8:r", every_s=600, now=later)
+    turn = gather(now=later + timedelta(seconds=700)).reconcile
+    assert turn is not None and turn.rounds == 2 and turn.holder == "host-c:8:r"
+    assert turn.expires_in_s < 0  # overdue: nobody took the turn
 
 
 def test_status_names_the_workers_that_answer_a_ping(db: None) -> None:

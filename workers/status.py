@@ -30,6 +30,7 @@ from store.models import DeadLetter, Delivery, Lease, PendingChange, Reply
 
 __all__ = ["QUEUES", "depth", "gather"]
 PERIODIC = "periodic"  # workers/periodic.py LEASE
+RECONCILE = "reconcile"  # workers/periodic.py RECONCILE_LEASE
 
 
 def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Status:
@@ -44,6 +45,7 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
             select(func.count()).select_from(DeadLetter).where(DeadLetter.state == "waiting")
         )
         expires = session.scalar(select(Lease.expires_at).where(Lease.name == PERIODIC))
+        next_turn = session.scalar(select(Lease.expires_at).where(Lease.name == RECONCILE))
     oldest = {
         "ingest": (journal.oldest_age_s, "journaled delivery"),
         "inbox": (pending["inbox"].oldest_age_s, "pending change"),
@@ -52,6 +54,7 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
     }
     alive, note = _workers(ping_timeout_s)
     held = lease.holder_of(PERIODIC)
+    reconciled = lease.holder_of(RECONCILE)
     return Status(
         queues=[
             QueueStatus(
@@ -74,6 +77,13 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         if held is None or expires is None
         else LeaseStatus(
             holder=held[0], rounds=held[1], expires_in_s=(expires - now).total_seconds()
+        ),
+        reconcile=None
+        if reconciled is None or next_turn is None
+        else LeaseStatus(
+            holder=reconciled[0],
+            rounds=reconciled[1],
+            expires_in_s=(next_turn - now).total_seconds(),
         ),
     )
 
