@@ -339,3 +339,25 @@ def test_the_cli_lists_shows_replays_and_discards(client: TestClient) -> None:
     assert letter(client, other, ADMIN)["state"] == "discarded"
     missing = CliRunner().invoke(cli, ["dead-letters", "show", "999999"])
     assert missing.exit_code == 2 and "not found" in missing.stderr
+
+
+def test_a_task_stopped_by_broker_trouble_is_no_dead_letter_and_its_work_waits_for_the_sweep(
+    make_account: Any,
+) -> None:
+    """A chaos run's one dead letter: an ingest task whose retry could not be published while
+    Redis restarted (redis-py's ConnectionError, not Python's). The deliveries were stored later
+    by the sweep; the dead letter was a false alarm an operator would chase."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from workers.tasks import ingest_batch
+
+    acct = make_account()
+    payload = {"external_id": "m1", "thread_key": "t", "sender": "a@x.test", "text": "hi"}
+    ids = journal.journal([journal.delivery(acct["inbox"], "generic", payload)])
+    ingest_batch.on_failure(RedisConnectionError("Error 111 connecting"), "t-1", (ids,), {}, None)
+    with reading() as session:
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 0
+    assert journal.sweep(older_than_s=-1) == ids  # still journaled: published again
+    ingest_batch.on_failure(ValueError("poison"), "t-2", (ids,), {}, None)
+    with reading() as session:
+        assert session.scalar(select(func.count()).select_from(DeadLetter)) == 1

@@ -16,6 +16,8 @@ from typing import Any
 
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from handlers import deadletters, pipeline
 from handlers.outbound import replies
@@ -24,7 +26,9 @@ from settings import get_settings
 from workers import coalesce, publish
 from workers.app import app
 
-TRANSIENT = (*pipeline.TRANSIENT_DB_ERRORS, BrokerOperationalError, ConnectionError)
+# The broker going away mid-task (a Redis restart) raises redis-py's own errors, not Python's.
+BROKER_TROUBLE = (BrokerOperationalError, ConnectionError, RedisConnectionError, RedisTimeoutError)
+TRANSIENT = (*pipeline.TRANSIENT_DB_ERRORS, *BROKER_TROUBLE)
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +42,17 @@ class InboxsyncTask(Task):  # type: ignore[misc]
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        if isinstance(exc, BROKER_TROUBLE):
+            # Not the payload's fault, and nothing is lost: every task's work is kept in the store
+            # (journal rows, pending changes, replies) until done, and the periodic sweep
+            # publishes it again. A dead letter here would be a false alarm (seen in a chaos run:
+            # the retry's own publish failed while Redis restarted).
+            log.warning(
+                "task %s stopped by broker trouble (%s); the sweep publishes its work again",
+                self.name,
+                type(exc).__name__,
+            )
+            return
         payload = {"args": list(args), "kwargs": dict(kwargs)}
         key = None
         if self.name == pipeline.APPLY_TASK and args and isinstance(args[0], dict):
