@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,10 +23,10 @@ from settings import QUEUES, get_settings
 from store.db import reading
 from store.models import Message
 from tests import scratch
-from tests.apihelp import eventually, setup_account
+from tests.apihelp import setup_account
 from tests.conftest import USING_AMQP, USING_REDIS
 from tests.test_worker_process import post_many, stored_messages
-from tests.workerhelp import ROOT, start_worker, stop
+from tests.workerhelp import ROOT, killed_midway_then_finished
 
 PROBE = """
 import json
@@ -132,18 +131,7 @@ def test_a_worker_killed_mid_task_is_made_good_by_the_broker_alone(
     env = {"INBOXSYNC_INGEST_TRANSACTION_MAX": "5"}
     if not USING_REDIS:
         env["INBOXSYNC_SWEEP_AFTER_S"] = "600"
-    first = start_worker("--pool", "solo", extra_env=env)
-    try:
-        eventually(lambda: stored_messages() > 0, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    assert stored_messages() < 100, "the first worker finished everything before the kill"
-    second = start_worker("--pool", "solo", extra_env=env)
-    try:
-        eventually(lambda: stored_messages() == 100, timeout=60)
-    finally:
-        stop(second)
+    killed_midway_then_finished(stored_messages, 100, "--pool", "solo", extra_env=env)
     with reading() as session:
         rows = session.scalars(select(Message.external_id)).all()
     assert sorted(rows) == sorted(ids)

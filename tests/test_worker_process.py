@@ -11,7 +11,6 @@ one run of six). The delivery journal and its sweeper (handlers/pipeline.py) clo
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,7 +24,7 @@ from settings import get_settings
 from store.db import reading
 from store.models import Conversation, Message
 from tests.apihelp import eventually, message, post_webhook, setup_account
-from tests.workerhelp import start_worker, stop
+from tests.workerhelp import killed_midway_then_finished, start_worker, stop
 
 
 @pytest.fixture
@@ -73,18 +72,7 @@ def test_killed_worker_loses_and_doubles_nothing(client: TestClient) -> None:
     client.app.state.batcher._max_items = 5  # type: ignore[attr-defined]  # many small tasks
     ids = [f"m-{i}" for i in range(300)]
     post_many(client, acct["inbox"], ids)
-    first = start_worker("--pool", "solo", extra_env=SMALL)  # killed mid-way
-    try:
-        eventually(lambda: stored_messages() > 0, timeout=60)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    assert stored_messages() < 300, "the first worker finished everything before the kill"
-    second = start_worker("--pool", "solo", extra_env=SMALL)
-    try:
-        eventually(lambda: stored_messages() == 300, timeout=60)
-    finally:
-        stop(second)
+    killed_midway_then_finished(stored_messages, 300, "--pool", "solo", extra_env=SMALL)
     with reading() as session:
         rows = session.scalars(select(Message.external_id)).all()
     assert sorted(rows) == sorted(ids)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +39,24 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def killed_midway_then_finished(
+    done: Callable[[], int], total: int, *args: str, extra_env: dict[str, str] | None = None
+) -> None:
+    """SIGKILL a worker once it has done some of ``total`` (``done()`` counts), then let a second
+    worker finish; the caller then checks that each item was done exactly once."""
+    from tests.apihelp import eventually
+
+    first = start_worker(*args, extra_env=extra_env)
+    try:
+        eventually(lambda: done() > 0, timeout=60)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert done() < total, "the first worker finished everything before the kill"
+    second = start_worker(*args, extra_env=extra_env)
+    try:
+        eventually(lambda: done() == total, timeout=60)
+    finally:
+        stop(second)
