@@ -56,7 +56,7 @@ class WaMedia(_Wa):
     """image, video, audio, document, sticker: a media id to look up, and what Meta says of it."""
 
     id: GraphId
-    mime_type: Annotated[str, Field(max_length=200)] | None = None
+    mime_type: Annotated[str, Field(max_length=200), AfterValidator(_no_nul)] | None = None
     caption: Text | None = None
     filename: Name | None = None
     sha256: Name | None = None
@@ -128,7 +128,8 @@ class WaMessage(_Wa):
 
 
 class WaError(_Wa):
-    code: int | None = None
+    # Bounded to 64 bits: a larger one is a 422 at the edge, not a 500 when it is journaled.
+    code: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     title: Name | None = None
     message: Name | None = None
 

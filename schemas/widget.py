@@ -13,7 +13,10 @@ signed with its headers (https://www.standardwebhooks.com/):
 Events: ``message`` (a visitor wrote), ``message.edited``, ``message.deleted`` (a deletion is
 final), ``reply.status`` (what became of one of our replies in the visitor's browser:
 ``delivered``, ``read``, ``failed``). Ids (``session_id``, ``message_id``, a visitor's ``id``)
-are 1-200 characters without spaces, colons or control characters.
+are 1-200 characters without spaces, colons or control characters; an attachment's fields and a
+reply's ``client_id`` hold no control characters either (NUL above all: PostgreSQL stores none).
+Times are ISO 8601 with their offset, within the years 1 to 9999 once in UTC (the store keeps
+them in UTC).
 
 **Outbound** (``WidgetReply``): an agent's reply is posted to the site's ``reply_url`` with the
 same three headers, signed with the outbound setting's ``signing_secret``.
@@ -21,13 +24,38 @@ same three headers, signed with the outbound setting's ``signing_secret``.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    model_validator,
+)
 
 from schemas.inbound import GenericWebhook
 
 WidgetId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s:\x00-\x1f\x7f]+$")]
+
+
+def _in_utc(value: datetime) -> datetime:
+    # 0001-01-01T00:00:00+01:00 is a valid time whose UTC is before year 1 (and
+    # 9999-12-31T23:59:59-01:00 after 9999): no datetime, and no store, holds it.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("a time whose UTC is outside years 1 to 9999") from None
+    return value
+
+
+# A time of the widget's: ISO 8601 with its offset, within what a store holds once in UTC.
+WidgetTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+# No NUL (PostgreSQL text holds none) nor other control characters.
+Printable = r"^[^\x00-\x1f\x7f]*$"
 
 
 class _Widget(BaseModel):
@@ -47,9 +75,9 @@ class WidgetAttachment(_Widget):
     for the widget (``INBOXSYNC_MEDIA_HOSTS``, e.g. ``{"widget": ["uploads\\\\.acme\\\\.test"]}``);
     none by default, and then the file is listed as not stored."""
 
-    url: str = Field(max_length=2000, pattern=r"^https?://")
-    content_type: str = Field(default="application/octet-stream", max_length=200)
-    filename: str | None = Field(default=None, max_length=500)
+    url: str = Field(max_length=2000, pattern=r"^https?://[^\x00-\x1f\x7f]*$")
+    content_type: str = Field(default="application/octet-stream", max_length=200, pattern=Printable)
+    filename: str | None = Field(default=None, max_length=500, pattern=Printable)
 
 
 class WidgetMessage(_Widget):
@@ -57,7 +85,7 @@ class WidgetMessage(_Widget):
     message_id: WidgetId = Field(description="Unique within its session.")
     visitor: WidgetVisitor
     text: str = Field(default="", max_length=1_000_000)
-    sent_at: AwareDatetime
+    sent_at: WidgetTime
     attachments: list[WidgetAttachment] = Field(default_factory=list, max_length=50)
 
     @model_validator(mode="after")
@@ -71,7 +99,7 @@ class WidgetEdit(_Widget):
     session_id: WidgetId
     message_id: WidgetId
     text: str = Field(max_length=1_000_000)
-    edited_at: AwareDatetime = Field(
+    edited_at: WidgetTime = Field(
         description="Edits apply in this order; an older one late changes nothing."
     )
 
@@ -79,13 +107,15 @@ class WidgetEdit(_Widget):
 class WidgetDeletion(_Widget):
     session_id: WidgetId
     message_id: WidgetId
-    deleted_at: AwareDatetime
+    deleted_at: WidgetTime
 
 
 class WidgetReplyStatus(_Widget):
-    client_id: str = Field(min_length=1, max_length=300, description="The reply's client_id.")
+    client_id: str = Field(
+        min_length=1, max_length=300, pattern=Printable, description="The reply's client_id."
+    )
     state: Literal["delivered", "read", "failed"]
-    at: AwareDatetime
+    at: WidgetTime
     error: str | None = Field(default=None, max_length=2000)
 
 

@@ -1,4 +1,5 @@
-"""What the fuzz tests share (tests/test_fuzz_api.py, tests/test_fuzz_providers.py).
+"""What the fuzz tests share (tests/test_fuzz_api.py, tests/test_fuzz_providers.py,
+tests/test_fuzz_chat.py).
 
 - **Reproducible**: one fixed seed, derandomized generation, no example database: CI runs the
   same examples every time, and a failure seen once is seen again.
@@ -12,22 +13,37 @@
   mangles them and the fixtures in tests/fixtures/email: truncated, garbage and NUL bytes, broken
   boundaries, odd charsets, huge or very many header lines (within the body limit), multiparts
   nested past what a recursive parser survives, other line endings.
+- **JSON as nobody should write it**: ``mutated_json()`` changes a provider's valid document
+  where Hypothesis chooses: wrong types, keys dropped or added, integers past 64 bits, NUL and
+  lone surrogates, very long or non-ASCII ids, odd times, empty or duplicated lists, nesting
+  past what a recursive parser survives.
+- **The path after the edge**: ``process_and_check()`` runs what a post journaled through the
+  worker's batch and checks that each delivery ended stored, duplicate or dead with its reason
+  and dead letter, and that nothing is half-written.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import quopri
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
+from hypothesis.control import currently_in_test_context
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
+from handlers import journal, pipeline
+from store.db import reading, transaction
+from store.models import Conversation, DeadLetter, Delivery, DeliveryOutcome, Message, Thread
 from tests.conftest import DATA_DIR
 
 SEED = 14
@@ -417,3 +433,355 @@ def form_files(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
         kind = draw(st.sampled_from(["image/png", "application/pdf", "text/plain; charset=utf-7"]))
         body = draw(st.binary(max_size=200))
     return ("attachment-1", body, {"filename": name, "Content-Type": kind})
+
+
+# ---- JSON as a hostile sender writes it --------------------------------------------------------
+# A valid document (a provider's fixture) changed one to three times where Hypothesis chooses:
+# every node can be the one changed, and every change is one a parser or a store trips on.
+
+Path_ = tuple[str | int, ...]
+# Stands for a nesting too deep to build as Python objects (json.dumps would recurse): replaced,
+# once dumped, by the text of ``DEPTHS`` levels of arrays or objects.
+_DEEP = "\x00fuzz-deep\x00"
+_DEEP_DUMPED = json.dumps(_DEEP)
+HUGE_INTS = [2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**64 + 1, -(2**63) - 1, -(2**64), 10**40]
+ODD_STRINGS = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\ud800",  # lone surrogates: JSON escapes them, UTF-8 has no bytes for them
+    "x\udfffy",
+    "\udbff\udc00\ud800",
+    "Ünïcødé😀",
+    "١٢٣",  # digits to str.isdigit(), not to int() everywhere
+    "²",
+    "\u202etxt.exe",
+    "C0\u0301",
+    "../../etc/passwd",
+    "%00",
+    "\r\nX-Injected: 1",
+    "0x10",
+    "1e999",
+    "NaN",
+    "-1",
+    "1.5",
+]
+ODD_TIMES: list[Any] = [
+    "0001-01-01T00:00:00+01:00",  # valid, and before year 1 in UTC
+    "9999-12-31T23:59:59-23:59",  # after 9999 in UTC
+    -1,
+    -(10**10),
+    0,
+    1.5,
+    -0.5,
+    1e300,
+    253_402_300_800,  # a second past 9999-12-31
+    10**12,
+    "1.5",
+    "-1",
+    "1700000000.",
+    ".5",
+    "1e9",
+    "99999999999999999999.000001",
+    "1700000000.0000001",
+    "2026-11-25T10:00:00",  # no offset
+    "2026-02-30T10:00:00Z",
+    float("inf"),
+    float("nan"),
+]
+
+
+# The keys of a time, whatever the provider calls it: ts, timestamp, date, sent_at, event_time.
+_TIME_KEY = re.compile(r"(^|_)(ts|timestamp|date|time|at)$")
+
+
+def json_paths(doc: Any, here: Path_ = ()) -> list[Path_]:
+    """Every node of a JSON document (its root too), as the keys that reach it."""
+    out = [here]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out += json_paths(value, (*here, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            out += json_paths(value, (*here, i))
+    return out
+
+
+def _get(doc: Any, path: Path_) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+def _set(doc: Any, path: Path_, value: Any) -> Any:
+    """``doc`` with the node at ``path`` replaced (the root, if ``path`` is empty)."""
+    if not path:
+        return value
+    _get(doc, path[:-1])[path[-1]] = value
+    return doc
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(ODD_STRINGS),
+    any_text(max_size=20),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(any_text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _wrong_type(draw: st.DrawFn, value: Any) -> Any:
+    return draw(
+        st.sampled_from([None, True, False, 0, -1, 1.5, "", "x", [], {}, [value], {"v": value}])
+    )
+
+
+def _huge_int(draw: st.DrawFn, value: Any) -> Any:
+    number = draw(st.sampled_from(HUGE_INTS))
+    return str(number) if isinstance(value, str) and draw(st.booleans()) else number
+
+
+def _nul(draw: st.DrawFn, value: Any) -> Any:
+    text = value if isinstance(value, str) else str(value)
+    at = draw(st.integers(0, len(text)))
+    return text[:at] + "\x00" + text[at:]
+
+
+def _surrogate(draw: st.DrawFn, value: Any) -> Any:
+    text = value if isinstance(value, str) else str(value)
+    at = draw(st.integers(0, len(text)))
+    return text[:at] + draw(st.sampled_from(["\ud800", "\udfff", "\udbff"])) + text[at:]
+
+
+def _long(draw: st.DrawFn, value: Any) -> Any:
+    unit = draw(st.sampled_from(["x", "é", "😀", "\x00", "<@U1>"]))
+    return unit * draw(st.sampled_from([501, 5_000, 100_001, 1_000_001]))
+
+
+def _unicode_id(draw: st.DrawFn, value: Any) -> Any:
+    text = value if isinstance(value, str) else str(value)
+    return draw(st.sampled_from(["", text + "é", "Ü" + text, text + "😀", "١٢٣", "²"]))
+
+
+def _odd_time(draw: st.DrawFn, value: Any) -> Any:
+    return draw(st.sampled_from(ODD_TIMES))
+
+
+def _emptied(draw: st.DrawFn, value: Any) -> Any:
+    return draw(st.sampled_from([[], {}, ""])) if not isinstance(value, list) else []
+
+
+def _duplicated(draw: st.DrawFn, value: Any) -> Any:
+    if isinstance(value, list) and value:
+        return value + value[: draw(st.integers(1, len(value)))]
+    return [value, value]
+
+
+def _deep(draw: st.DrawFn, value: Any) -> Any:
+    return _DEEP
+
+
+def _any_value(draw: st.DrawFn, value: Any) -> Any:
+    return draw(json_values)
+
+
+def _hostile_value(draw: st.DrawFn, value: Any) -> Any:
+    """A value of the same JSON type, or near it, that a store or a parser trips on: the change
+    most likely to pass a schema and reach the worker."""
+    if isinstance(value, str):
+        options = [_nul, _surrogate, _unicode_id, _long, _huge_int]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        options = [_huge_int, _odd_time, _wrong_type]
+    else:
+        options = [_wrong_type, _any_value]
+    return draw(st.sampled_from(options))(draw, value)
+
+
+JsonMutation = Callable[[st.DrawFn, Any], Any]
+JSON_MUTATIONS: list[JsonMutation] = [
+    _nul,
+    _huge_int,
+    _surrogate,
+    _wrong_type,
+    _long,
+    _unicode_id,
+    _odd_time,
+    _emptied,
+    _duplicated,
+    _deep,
+    _any_value,
+]
+
+
+def _structural(draw: st.DrawFn, doc: Any) -> Any:
+    """A key dropped or added somewhere, or a list item dropped."""
+    containers = [p for p in json_paths(doc) if isinstance(_get(doc, p), dict | list)]
+    if not containers:
+        return doc
+    node = _get(doc, draw(st.sampled_from(containers)))
+    if isinstance(node, dict) and node and draw(st.booleans()):
+        del node[draw(st.sampled_from(sorted(node)))]
+    elif isinstance(node, dict):
+        names = st.sampled_from(["type", "__proto__", "", "id"])
+        key = draw(st.one_of(names, any_text(max_size=8)))
+        node[key] = draw(json_values)
+    elif node:
+        del node[draw(st.integers(0, len(node) - 1))]
+    return doc
+
+
+def dumped(doc: Any, draw: st.DrawFn) -> bytes:
+    """``doc`` as JSON bytes: ASCII with escapes, or UTF-8 (lone surrogates written as the bytes
+    a careless encoder writes); a ``_DEEP`` node as arrays or objects nested deep."""
+    if draw(st.booleans()):
+        text = json.dumps(doc)
+    else:
+        text = json.dumps(doc, ensure_ascii=False).replace(_DEEP, "\\u0000fuzz-deep\\u0000")
+    if _DEEP_DUMPED in text:
+        depth = draw(st.sampled_from([50, 1_100, 100_000]))
+        if draw(st.booleans()):
+            deep = "[" * depth + "]" * depth
+        else:
+            deep = '{"a":' * depth + "1" + "}" * depth
+        text = text.replace(_DEEP_DUMPED, deep)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _now_and_then(one_in: int) -> st.SearchStrategy[bool]:
+    """True about once in ``one_in`` draws (generation favours the first of a sample)."""
+    return st.sampled_from([False] * (one_in - 1) + [True])
+
+
+@st.composite
+def mutated_json(draw: st.DrawFn, doc: Any) -> bytes:
+    """``doc`` (not changed: a copy is) changed once or twice (a value, a time, any node, its
+    structure), as JSON bytes; now and then cut short."""
+    doc = copy.deepcopy(doc)
+    for _ in range(2 if draw(_now_and_then(4)) else 1):
+        where = draw(st.sampled_from(["a value", "a time", "any node", "a value", "structure"]))
+        if where == "structure":
+            doc = _structural(draw, doc)
+            continue
+        paths = json_paths(doc)
+        values = [p for p in paths if not isinstance(_get(doc, p), dict | list)]
+        times = [p for p in values if p and isinstance(p[-1], str) and _TIME_KEY.search(p[-1])]
+        mutate = draw(st.sampled_from(JSON_MUTATIONS))
+        if where == "a time" and times:
+            paths, mutate = times, _odd_time
+        elif where == "a value" and values:
+            paths, mutate = values, _hostile_value
+        path = draw(st.sampled_from(paths))
+        doc = _set(doc, path, mutate(draw, _get(doc, path)))
+    body = dumped(doc, draw)
+    if draw(_now_and_then(15)):
+        body = body[: draw(st.integers(0, len(body)))]
+    return body
+
+
+# ---- the path: edge, journal, worker -----------------------------------------------------------
+
+
+def tally(what: str) -> None:
+    """Count it for ``pytest --hypothesis-show-statistics``: what the fuzzing reached."""
+    if currently_in_test_context():
+        event(what)
+
+
+def journal_ids() -> set[int]:
+    with reading() as session:
+        return set(session.scalars(select(Delivery.id)))
+
+
+def clear_journal() -> None:
+    """What a failed example left journaled, so that the next one starts from an empty journal
+    (Hypothesis goes on after a failure to report it)."""
+    with transaction() as session:
+        session.execute(delete(Delivery))
+
+
+Sent = TypeVar("Sent")
+CheckDead = Callable[[Session, DeliveryOutcome, tuple[int, Any]], None]
+
+
+def process_and_check(
+    sent: Mapping[int, Sent],
+    check_dead: CheckDead,
+    check_stored: Callable[[Session, DeliveryOutcome, Sent], None],
+) -> None:
+    """Process the journaled deliveries (``sent``: each with what made it) as a worker does, in
+    one batch: it must not raise. Then each has its outcome (``check_dead`` or ``check_stored``
+    says what more it needs), the journal is empty, and nothing is half-written."""
+    if not sent:
+        return
+    ids = sorted(sent)
+    with reading() as session:
+        rows = select(Delivery.id, Delivery.inbox_id, Delivery.payload).where(Delivery.id.in_(ids))
+        journaled_as = {r.id: (r.inbox_id, r.payload) for r in session.execute(rows)}
+    assert sorted(journaled_as) == ids and journal_ids() == set(ids), "journaled more or less"
+
+    counts = pipeline.process_deliveries(ids, task_id=None)
+
+    assert counts["gone"] == 0 and not journal_ids(), counts
+    with reading() as session:
+        outcomes = session.scalars(select(DeliveryOutcome).where(DeliveryOutcome.id.in_(ids)))
+        found = {o.id: o for o in outcomes}
+        assert sorted(found) == ids, "a delivery without an outcome"
+        for delivery_id, outcome in found.items():
+            tally(f"worker: {outcome.state} {(outcome.error or '')[:60]}")
+            if outcome.state == "dead":
+                check_dead_letter(session, outcome, journaled_as[delivery_id])
+                check_dead(session, outcome, journaled_as[delivery_id])
+            else:
+                check_messages(session, outcome)
+                check_stored(session, outcome, sent[delivery_id])
+        check_nothing_half_written(session)
+
+
+def check_dead_letter(
+    session: Session, outcome: DeliveryOutcome, journaled_as: tuple[int, Any]
+) -> None:
+    """A dead delivery says why, and its dead letter keeps what was journaled."""
+    assert outcome.error and outcome.messages == [], outcome.error
+    letters = session.scalars(
+        select(DeadLetter.payload).where(DeadLetter.task == pipeline.INGEST_TASK)
+    )
+    kept = [journal.unwrapped(p) for p in letters]
+    assert journaled_as in [(d.get("inbox_id"), d.get("payload")) for d in kept], (
+        f"delivery {outcome.id} is dead without its dead letter"
+    )
+
+
+def check_messages(session: Session, outcome: DeliveryOutcome) -> None:
+    """A stored (or duplicate) delivery's messages are there, each in its conversation; an edit
+    of a message not stored yet (it waits for it) names none."""
+    assert outcome.state in ("stored", "duplicate"), outcome.state
+    for stored in outcome.messages:
+        if stored["message_id"] is None:
+            continue
+        message = session.get(Message, stored["message_id"])
+        assert message is not None, f"delivery {outcome.id}: its message is not there"
+        assert session.get(Conversation, message.conversation_id) is not None
+        assert session.get(Conversation, stored["conversation_id"]) is not None
+
+
+def check_nothing_half_written(session: Session) -> None:
+    orphans = session.scalar(
+        select(func.count())
+        .select_from(Message)
+        .outerjoin(Conversation, Conversation.id == Message.conversation_id)
+        .where(Conversation.id.is_(None))
+    )
+    assert orphans == 0, "a message without its conversation"
+    loose = session.scalar(
+        select(func.count()).select_from(Thread).where(Thread.conversation_id.is_(None))
+    )
+    assert loose == 0, "a thread id without a conversation"
