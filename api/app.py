@@ -24,6 +24,7 @@ from api import (
     reconcile,
     replies,
     resources,
+    subscribers,
     webhooks,
 )
 from handlers import journal
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deliveries.router)
     app.include_router(deadletters.router)
     app.include_router(reconcile.router)
+    app.include_router(subscribers.router)
 
     app.include_router(health.router)
     return app
