@@ -122,6 +122,20 @@ class Settings(BaseSettings):
     # and the demo, whose providers are stand-ins on loopback.
     outbound_allow_private: bool = False
 
+    # Outbound events (handlers/outbound/event_delivery.py): how long a subscriber has to answer,
+    # the backoff between attempts at the event at the head of its line (exponential from base
+    # to max, with jitter), how long it may fail without one success before it is disabled, how
+    # long a rotated-out secret still signs, and the lease of the worker sending for it.
+    events_timeout_s: float = Field(default=15.0, gt=0)
+    events_retry_base_s: float = Field(default=5.0, gt=0)
+    events_retry_max_s: float = Field(default=3600.0, gt=0)
+    events_disable_after_s: float = Field(default=3 * 24 * 3600.0, ge=0)
+    events_secret_overlap_s: float = Field(default=24 * 3600.0, ge=0)
+    events_lease_s: float = Field(default=60.0, gt=0)
+    # Events, delivered deliveries and the delivery log are kept this long (replay reaches back
+    # as far), then forgotten, once an hour (workers/periodic.py).
+    events_retention_days: float = Field(default=30.0, gt=0)
+
     # Chat: a conversation closed longer than this is not reopened by a new message; a new one
     # starts (handlers/ingest.py). Mail replies name what they answer and have no such window.
     chat_reopen_days: float = 7.0

@@ -25,6 +25,7 @@ from api import (
     reconcile,
     replies,
     resources,
+    subscribers,
     webhooks,
 )
 from handlers import journal
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deliveries.router)
     app.include_router(deadletters.router)
     app.include_router(reconcile.router)
+    app.include_router(subscribers.router)
 
     app.include_router(health.router)
     return app

@@ -29,7 +29,7 @@ import orjson
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from handlers import routing, rules
+from handlers import events, routing, rules
 from handlers.rules import Case, ConversationState, Effect, RuleRefusal
 from schemas import changes as c
 from settings import Settings
@@ -387,4 +387,12 @@ def _record(
                 for e in folded.effects
             ],
         )
+        events.emit_many(session, events.of_effects(env.account_id, env.id, _shown(folded)))
     return result
+
+
+def _shown(folded: Folded) -> list[dict[str, Any]]:
+    """The effects the case shows: a superseded one (a later event set the field otherwise)
+    is not announced, its overrider was."""
+    over = {(s["entity"], s["id"], s["field"]) for s in folded.superseded}
+    return [e.as_dict() for e in folded.effects if (e.entity, e.entity_id, e.field) not in over]

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from handlers import apply, threading
+from handlers import apply, events, threading
 from handlers.threading import Conv, Group, MessageKey, Placement
 from schemas import changes as c
 from schemas.inbound import InboundMessage, IngestOutcome
@@ -69,6 +69,9 @@ def ingest(
     message_ids = _insert_messages(session, fresh, placed, now)
     threads.point(session, _links_to_point(placed, links, convs, stored, ids_of))
     effects = _advance(session, loaded, fresh, home, message_ids, created, absorbed, now)
+    events.emit_many(
+        session, _events(placed, created, fresh, accounts, message_ids, effects), now=now
+    )
     return _outcomes(batch, stored, home, message_ids, effects, absorbed)
 
 
@@ -385,6 +388,37 @@ def _replay_merged(
     )
     ids = [message_ids[_key(m)] for m in msgs]
     return {mid: [e.as_dict() for e in produced.get(f"message:{mid}", [])] for mid in ids}
+
+
+def _events(
+    placed: list[tuple[Group, Placement]],
+    created: set[int],
+    fresh: list[InboundMessage],
+    accounts: dict[int, int],
+    message_ids: dict[MessageKey, int],
+    effects: dict[int, list[dict[str, Any]]],
+) -> list[events.Pending]:
+    """The batch's outbound events, in the order they happened: each new conversation, then each
+    new message and what it changed (M1 reopening)."""
+    out: list[events.Pending] = []
+    for group, p in placed:
+        if p.conversation_id in created:
+            inbox = group.messages[0].inbox_id
+            made = {"conversation_id": p.conversation_id, "inbox_id": inbox}
+            out.append((accounts[inbox], "conversation.created", made, None))
+    home = {_key(m): p.conversation_id for g, p in placed for m in g.messages}
+    for m in fresh:
+        mid, account = message_ids[_key(m)], accounts[m.inbox_id]
+        data: dict[str, Any] = {
+            "message_id": mid,
+            "conversation_id": home[_key(m)],
+            "inbox_id": m.inbox_id,
+            "external_id": m.external_id,
+            "automatic": m.automatic,
+        }
+        out.append((account, "message.received", data, None))
+        out.extend(events.of_effects(account, f"message:{mid}", effects.get(mid, [])))
+    return out
 
 
 def _outcomes(

@@ -457,3 +457,86 @@ class AccountRevision(Base):
     after: Mapped[dict[str, Any]] = mapped_column(JSON)
     tier_before: Mapped[str | None] = mapped_column(String(20))
     __table_args__ = (Index("ix_account_revisions_account_changed", "account_id", "changed_at"),)
+
+
+class Subscriber(Base):
+    """An account's receiver of outbound events (handlers/events.py): where they go, which
+    types, and the ``whsec_`` secret that signs them. After a rotation ``previous_secret`` signs
+    too, until ``previous_until``. ``failures`` / ``failing_since`` / ``next_attempt_at``: the
+    retry state of the head of its queue (one event at a time, in order); ``lease_holder`` /
+    ``lease_until``: the worker sending for it now (handlers/outbound/events.py)."""
+
+    __tablename__ = "subscribers"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    types: Mapped[list[Any]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_until: Mapped[datetime | None]
+    enabled: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    failing_since: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    lease_holder: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    # When the periodic round last put its task on the broker (cleared when a worker takes it):
+    # one task outstanding per subscriber, published again only if it was lost.
+    published_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class OutboundEvent(Base):
+    """The outbox: an event written in the transaction of the change that made it, so there is
+    no event of a rolled-back change and no change without its event. ``fanned_out``: the
+    periodic round has made its ``event_deliveries`` (one per subscriber that wants it). Its id
+    is never reused (it is the ``webhook-id`` receivers dedupe by)."""
+
+    __tablename__ = "outbound_events"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    change_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    fanned_out: Mapped[bool] = mapped_column(default=False, server_default=false())
+    __table_args__ = (
+        Index("ix_outbound_events_account_created", "account_id", "created_at"),
+        Index("ix_outbound_events_fanned_out", "fanned_out", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class EventDelivery(Base):
+    """One event for one subscriber: ``pending`` until a 2xx answer, then ``delivered``. A
+    subscriber's deliveries go out one at a time in id order; a replay adds new rows."""
+
+    __tablename__ = "event_deliveries"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbound_events.id"))
+    state: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    __table_args__ = (
+        CheckConstraint("state IN ('pending','delivered')", name="state_known"),
+        Index("ix_event_deliveries_subscriber_state", "subscriber_id", "state", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class EventAttempt(Base):
+    """The delivery log: each attempt, its answer (status code) or error, and how long it took."""
+
+    __tablename__ = "event_attempts"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"))
+    delivery_id: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime]
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_event_attempts_subscriber", "subscriber_id", "id"),)

@@ -49,6 +49,9 @@ os.environ.setdefault("INBOXSYNC_API_WAIT_TIMEOUT_S", "20")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_RETRY_BASE_S", "0.2")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_LOOKUP_AFTER_S", "0")
 os.environ.setdefault("INBOXSYNC_OUTBOUND_SWEEP_GRACE_S", "0")
+# Outbound events: a failing subscriber is tried again within a second (tests/test_events*.py).
+os.environ.setdefault("INBOXSYNC_EVENTS_RETRY_BASE_S", "0.2")
+os.environ.setdefault("INBOXSYNC_EVENTS_RETRY_MAX_S", "0.5")
 # The periodic work (workers/periodic.py) runs in every process of a test, the lease picks one:
 # all of them must sweep quickly, the in-process app and the worker processes alike.
 os.environ.setdefault("INBOXSYNC_SWEEP_INTERVAL_S", "1")

@@ -3,9 +3,13 @@
 Each round: publish again what was journaled but whose broker message was lost (deliveries,
 pending API changes: handlers/journal.py), recover replies whose worker died mid-send or whose
 task was lost (handlers/outbound/replies.py ``sweep``), forget one-time webhook tokens older
-than the signature window, and apply edits that raced their message (handlers/edits.py).
+than the signature window, apply edits that raced their message (handlers/edits.py), and fan
+outbound events out to their subscribers and publish the subscribers that have one due
+(handlers/outbound/event_delivery.py).
 Reconciliation (handlers/reconcile.py) runs from the same turns under a lease of its own,
 ``reconcile``, at most once per ``INBOXSYNC_RECONCILE_INTERVAL_S`` in the deployment.
+Old outbound events and their delivery log are forgotten once an hour under the lease
+``events_prune`` (``INBOXSYNC_EVENTS_RETENTION_DAYS``).
 
 A ``Scheduler`` runs in every ``inboxsync serve`` and ``inboxsync worker`` process (and in
 ``inboxsync scheduler``, for those who want it apart): before each round it takes the store's
@@ -23,7 +27,7 @@ import threading
 import uuid
 
 from handlers import edits, journal, reconcile
-from handlers.outbound import replies
+from handlers.outbound import event_delivery, replies
 from settings import Settings, get_settings
 from store import lease
 from workers import publish
@@ -31,12 +35,14 @@ from workers import publish
 log = logging.getLogger(__name__)
 LEASE = "periodic"
 RECONCILE_LEASE = "reconcile"
+EVENTS_PRUNE_LEASE = "events_prune"
+EVENTS_PRUNE_EVERY_S = 3600.0
 PAGE = 1000  # a full page means there may be more; a short one ends the pass
 
 
 def round_once(settings: Settings) -> dict[str, int]:
     """One round of the periodic work; what it did, by kind."""
-    done = {"deliveries": 0, "changes": 0, "replies": 0, "tokens": 0, "edits": 0}
+    done = {"deliveries": 0, "changes": 0, "replies": 0, "tokens": 0, "edits": 0, "events": 0}
     done["tokens"] = journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
     while ids := journal.sweep(settings.sweep_after_s, limit=PAGE):
         for start in range(0, len(ids), settings.ingest_batch_max):
@@ -54,6 +60,12 @@ def round_once(settings: Settings) -> dict[str, int]:
         publish.reply(reply_id)
         done["replies"] += 1
     done["edits"] = edits.sweep()
+    while (fanned := event_delivery.fan_out(limit=PAGE)) > 0:
+        done["events"] += fanned
+        if fanned < PAGE:
+            break
+    for subscriber_id in event_delivery.due():
+        publish.events(subscriber_id)
     if done["deliveries"] or done["changes"]:
         log.warning(
             "re-enqueued %d deliveries and %d changes whose broker message was lost",
@@ -87,6 +99,7 @@ class Scheduler:
         reconciliation, if its turn has come (``reconcile_turn``)."""
         done = self._round()
         self.reconcile_turn()
+        self.prune_turn()
         return done
 
     def _round(self) -> bool:
@@ -115,6 +128,18 @@ class Scheduler:
             return True
         except Exception:
             log.exception("reconciliation failed; its next turn is in %s s", every)
+            return False
+
+    def prune_turn(self) -> bool:
+        """Forget old outbound events and their log (``events_retention_days``), once an hour
+        in the deployment, under the lease ``events_prune``; whether this process did."""
+        try:
+            if not lease.take_turn(EVENTS_PRUNE_LEASE, self.holder, every_s=EVENTS_PRUNE_EVERY_S):
+                return False
+            event_delivery.prune(self.settings.events_retention_days)
+            return True
+        except Exception:
+            log.exception("pruning outbound events failed; its next turn is in an hour")
             return False
 
     def stop(self) -> None:

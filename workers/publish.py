@@ -56,3 +56,17 @@ def reply(reply_id: int, countdown_s: float | None = None) -> None:
         retry=True,
         retry_policy=_RETRY,
     )
+
+
+def events(subscriber_id: int) -> None:
+    """One ``deliver_events`` message: send this subscriber's pending events, in order."""
+    from handlers.outbound.event_delivery import DELIVER_TASK
+    from workers.app import app
+
+    app.send_task(
+        DELIVER_TASK,
+        args=[subscriber_id],
+        queue=_queue("outbound"),
+        retry=True,
+        retry_policy=_RETRY,
+    )

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from handlers import deadletters, pipeline
-from handlers.outbound import replies
+from handlers.outbound import event_delivery, replies
 from observability import logs, metrics
 from settings import get_settings
 from workers import coalesce, publish
@@ -104,3 +104,13 @@ def send_reply(self: Task, reply_id: int) -> str:
             publish.reply(reply_id, countdown_s=done.retry_in_s)
         log.info("reply attempt: %s", done.outcome)
     return done.outcome
+
+
+@app.task(name=event_delivery.DELIVER_TASK, base=InboxsyncTask, bind=True)
+def deliver_events(self: Task, subscriber_id: int) -> str:
+    with logs.bind(subscriber_id=subscriber_id, task_id=self.request.id):
+        outcome = event_delivery.send(subscriber_id)
+        if outcome == "more":
+            publish.events(subscriber_id)
+        log.info("events sent: %s", outcome)
+    return outcome
