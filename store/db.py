@@ -75,10 +75,25 @@ def transaction() -> Iterator[Session]:
         yield session
 
 
+@lru_cache
+def _reader() -> Engine:
+    """The engine of ``reading()``. On PostgreSQL its transactions are REPEATABLE READ: every
+    statement of one read sees the same moment. Under READ COMMITTED each statement sees what was
+    committed when it began, and ``GET /conversations/{id}`` once answered a conversation as it
+    was before a worker's commit with the message that commit stored (closed, with the message
+    that reopened it). A read-only transaction never fails to serialize. SQLite's read
+    transaction (WAL) is a snapshot already."""
+    base = engine()
+    if base.dialect.name == "postgresql":
+        return base.execution_options(readonly=True, isolation_level="REPEATABLE READ")
+    return base.execution_options(readonly=True)
+
+
 @contextmanager
 def reading() -> Iterator[Session]:
-    """A read-only unit of work: never blocks writers on SQLite, rolls back at the end."""
-    with Session(engine().execution_options(readonly=True)) as session:
+    """A read-only unit of work that sees one moment: never blocks writers, rolls back at the
+    end."""
+    with Session(_reader()) as session:
         yield session  # closing the session rolls its transaction back
 
 
@@ -87,6 +102,7 @@ def reset_engine() -> None:
     if engine.cache_info().currsize:
         engine().dispose()
     engine.cache_clear()
+    _reader.cache_clear()
     _sessions.cache_clear()
 
 

@@ -191,3 +191,30 @@ def test_conversation_clock_columns_come_back_aware(client):
     with reading() as session:
         conv = session.scalars(select(Conversation)).one()
     assert conv.last_message_at.tzinfo is UTC and conv.created_at.tzinfo is UTC
+
+
+def test_one_read_sees_one_moment_whatever_commits_meanwhile(make_account: Any) -> None:
+    """``GET /conversations/{id}`` reads the conversation, then its messages. Under PostgreSQL's
+    READ COMMITTED a worker's commit in between gave a closed conversation with the message
+    that had reopened it (seen under load in the test above). A read is one snapshot."""
+    from sqlalchemy import func, update
+
+    from store.db import transaction
+    from store.models import Message
+    from tests.storehelp import conversation
+
+    acct = make_account()
+    conv = conversation(acct["inbox"], "t1")
+    with reading() as session:
+        before = session.scalar(select(Conversation.status).where(Conversation.id == conv))
+        count = session.scalar(select(func.count()).select_from(Message))
+        with transaction() as writer:  # a worker commits meanwhile
+            writer.execute(
+                update(Conversation).where(Conversation.id == conv).values(status="closed")
+            )
+        assert session.scalar(select(Conversation.status).where(Conversation.id == conv)) == before
+        assert session.scalar(select(func.count()).select_from(Message)) == count
+    with reading() as session:
+        assert (
+            session.scalar(select(Conversation.status).where(Conversation.id == conv)) == "closed"
+        )
