@@ -88,6 +88,7 @@ task_routes = {
     "inboxsync.ingest_batch": {"queue": _settings.queue_name("ingest")},
     "inboxsync.send_reply": {"queue": _settings.queue_name("outbound")},
     "inboxsync.deliver_events": {"queue": _settings.queue_name("outbound")},
+    "inboxsync.bulk_chunk": {"queue": _settings.queue_name("bulk")},
 }
 # Remote control (celery inspect ping: ``inboxsync status``) and events: exchanges of the
 # deployment's own, so another deployment's workers on the same vhost neither answer nor listen.

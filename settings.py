@@ -145,6 +145,16 @@ class Settings(BaseSettings):
     media_hosts: dict[str, list[str]] = {}
     max_media_bytes: int = 25 * 1024 * 1024
 
+    # Bulk jobs (handlers/bulk.py), on the ``bulk`` queue: items per chunk (one task, one
+    # transaction); chunks of one job in flight at once (how many bulk workers one job can keep
+    # busy); items/s one job may go at, over the deployment (0: no limit); and how long a
+    # published chunk is its task's before the periodic round takes it for lost and publishes it
+    # again (longer than a chunk takes).
+    bulk_chunk_size: int = Field(default=500, ge=1, le=10000)
+    bulk_parallel_chunks: int = Field(default=2, ge=1, le=64)
+    bulk_rate_per_s: float = Field(default=1000.0, ge=0)
+    bulk_chunk_lease_s: float = Field(default=120.0, gt=0)
+
     # Workers.
     task_max_retries: int = 8
     embedded_visibility_timeout_s: float = 60.0

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api import (
     attachments,
     batcher,
+    bulk,
     cases,
     contacts,
     deadletters,
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deadletters.router)
     app.include_router(reconcile.router)
     app.include_router(subscribers.router)
+    app.include_router(bulk.router)
 
     app.include_router(health.router)
     return app

@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from handlers import admin
+from handlers import admin, bulk
 from handlers.channels.base import WebhookError
 from handlers.outbound.compose import ComposeError
 from handlers.outbound.replies import ReplyNotFound, ReplyRefused
@@ -130,6 +130,8 @@ def render(exc: Exception, quiet: bool = False) -> tuple[int, dict[str, Any], di
         return 404, body("not_found", str(exc)), {}
     if isinstance(exc, admin.Invalid):
         return 422, body("invalid_request", str(exc)), {}
+    if isinstance(exc, bulk.BulkError):
+        return exc.status, body(exc.code, str(exc)), {}
     if isinstance(exc, sa_exc.DataError):
         # The last line behind the schemas' checks (schemas/api.py json_safe, schemas/types.py
         # Id): a value the store refuses (NUL in text, a number out of range) is the caller's.
@@ -247,6 +249,7 @@ def install(app: FastAPI) -> None:
         ReplyRefused,
         ComposeError,
         admin.AdminError,
+        bulk.BulkError,
         BrokerError,
         sa_exc.DataError,
         sa_exc.ProgrammingError,

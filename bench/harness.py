@@ -170,6 +170,15 @@ class Pipeline:
         with self._engine.connect() as conn:
             return conn.execute(text(sql)).all()
 
+    def execute(self, sql: str) -> list[Any]:
+        """Run ``sql`` in a transaction of its own and commit (seeding); its rows, if any."""
+        self.query("SELECT 1")  # the engine
+        with self._engine.begin() as conn:
+            from sqlalchemy import text
+
+            result = conn.execute(text(sql))
+            return list(result.all()) if result.returns_rows else []
+
     def stored(self) -> int:
         return int(self.query("SELECT count(*) FROM messages")[0][0])
 

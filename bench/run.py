@@ -17,6 +17,8 @@ provider would. Measures, on Redis + PostgreSQL:
   offered rate, p50 / p99;
 - reading: a 50-row page of ``GET /conversations`` with a million messages stored, p50 / p99;
 - email parsing and threading alone; reply sending (bench/email_corpus.py, bench/replies.py);
+- bulk jobs (bench/bulk.py): closing 100,000 tickets with their conversations, 1 and 2 workers;
+  live ingest with and without a bulk job running;
 
 then the end-to-end run on the embedded default (SQLite store and broker).
 
@@ -45,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import chat, harness, reading  # noqa: E402
+from bench import bulk, chat, harness, reading  # noqa: E402
 from bench.harness import Pipeline, cpu_line, cpu_snapshot, generic_requests, wait_stored  # noqa: E402
 
 Row = tuple[str, str, str]
@@ -266,6 +268,8 @@ def on_redis_and_postgres(
                 "latency": lambda: measure_latency(p, args.rate, args.seconds, report),
                 "reading": lambda: reading.measure(p, args.read_messages, report),
                 "scripts": lambda: measure_scripts(env, args, report),
+                "bulk": lambda: [bulk.measure_close(p, args.bulk_n, w, report) for w in (1, 2)],
+                "bulk_live": lambda: bulk.measure_live(p, args.n, args.bulk_n // 2, report),
             }
             for name, step in steps.items():
                 if not args.only or name in args.only:
@@ -302,6 +306,7 @@ def main() -> None:
     parser.add_argument("--read-messages", type=int, default=1_000_000)
     parser.add_argument("--mails", type=int, default=3000, help="generated mails to parse")
     parser.add_argument("--replies", type=int, default=2000, help="replies to send")
+    parser.add_argument("--bulk-n", type=int, default=100_000, help="tickets a bulk job closes")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument(
@@ -309,7 +314,7 @@ def main() -> None:
         nargs="*",
         default=[],
         help="run only these Redis + PostgreSQL steps: ingress drain e2e1 e2e2 metrics email chat "
-        "latency reading scripts (no embedded run, no results.md)",
+        "latency reading scripts bulk bulk_live (no embedded run, no results.md)",
     )
     args = parser.parse_args()
     args.profile = ROOT / "bench" / "profile-worker.txt" if args.profile else None

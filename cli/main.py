@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from cli import maintenance, ops, subscribers
+from cli import bulk, maintenance, ops, subscribers
 
 if TYPE_CHECKING:
     from handlers.admin import Write
@@ -517,6 +517,7 @@ def create_token(account_id: int, name: str = "cli") -> None:
 ops.register(app)  # status, dead-letters, tokens and inbox secrets (cli/ops.py)
 maintenance.register(app)  # reconcile (cli/maintenance.py)
 subscribers.register(app)  # outbound events' subscribers (cli/subscribers.py)
+bulk.register(app)  # bulk jobs (cli/bulk.py)
 
 if __name__ == "__main__":
     main()

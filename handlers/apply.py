@@ -74,6 +74,8 @@ def apply_change(session: Session, env: c.ChangeEnvelope, settings: Settings) ->
         _check_retention(session, action, settings)
         if isinstance(action, c.CreateTicket):
             action = _allocate_ticket(session, loaded, action, env, settings)
+        elif isinstance(action, c.RerouteTicket):
+            action = _reroute_location(session, action, env, settings)
         folded = fold_into_case(session, loaded, env.id, env.occurred_at, action)
     except RuleRefusal as refusal:
         if isinstance(action, c.CreateTicket) and action is not env.action:
@@ -319,6 +321,21 @@ def _allocate_ticket(
         id=ticket_id, status=action.status, owner_id=action.owner_id, location=location
     )
     return action.model_copy(update={"ticket_id": ticket_id, "location": location})
+
+
+def _reroute_location(
+    session: Session, action: c.RerouteTicket, env: c.ChangeEnvelope, settings: Settings
+) -> c.RerouteTicket:
+    """R1/R2 by the tier in force when the reroute happens, recorded in the change so that a
+    replay of the case's history moves it to the same place."""
+    account = session.get_one(Account, env.account_id)
+    location = routing.ticket_location(
+        routing.tier_at(session, account, env.occurred_at),
+        account.created_at,
+        cutoff=settings.helpdesk_cutoff,
+        helpdesk_tiers=settings.helpdesk_tiers,
+    )
+    return action.model_copy(update={"location": location})
 
 
 def _record(

@@ -51,6 +51,7 @@ TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
 
 INGEST_TASK = "inboxsync.ingest_batch"
 APPLY_TASK = "inboxsync.apply_change"
+BULK_TASK = "inboxsync.bulk_chunk"
 
 Counts = dict[str, int]
 

@@ -272,6 +272,18 @@ def _merge_conversation(case: Case, _id: str, a: c.MergeConversation, fx: _Effec
         fx.set(conv, "removed_by", f"{MERGED}{a.into_id}", "M2")
 
 
+def _reroute_ticket(case: Case, _id: str, a: c.RerouteTicket, fx: _Effects) -> None:
+    """R1/R2 applied again: the ticket goes where the store decided (the tier in force now) and
+    every conversation of it follows, removed ones too (a restore brings them back there)."""
+    ticket = _ticket(case, a.ticket_id)
+    _live(ticket)
+    assert a.location is not None, "the store decides the location"
+    rule = "R1" if a.location == "help_desk" else "R2"
+    fx.set(ticket, "location", a.location, rule)
+    for conv in case.conversations_of(ticket.id):
+        fx.set(conv, "location", a.location, rule)
+
+
 def _repair(case: Case, _id: str, a: c.Repair, fx: _Effects) -> None:
     """Reconciliation (handlers/reconcile.py): rows of this case drifted from what the rules say
     (a write that bypassed them); put back what ``a.rule`` says, where it still does not hold.
@@ -318,5 +330,6 @@ _HANDLERS: dict[type, Callable[[Case, str, Any, _Effects], None]] = {
     c.RestoreTicket: _restore_ticket,
     c.MessageReceived: _message_received,
     c.MergeConversation: _merge_conversation,
+    c.RerouteTicket: _reroute_ticket,
     c.Repair: _repair,
 }

@@ -106,6 +106,17 @@ class MergeConversation(_Change):
     into_id: Id
 
 
+class RerouteTicket(_Change):
+    """R1/R2 again, by the account's tier in force when this change happens: the ticket and its
+    conversations move to where a ticket created now would go (a tier change leaves existing
+    tickets where they are until they are rerouted, e.g. by a bulk job). Made by bulk jobs."""
+
+    kind: Literal["reroute_ticket"] = "reroute_ticket"
+    ticket_id: Id
+    # Filled in by the store when the change is applied (the tier in force then decides it).
+    location: Location | None = None
+
+
 class Repair(_Change):
     """Reconciliation (handlers/reconcile.py) puts back what ``rule`` says on a case whose rows
     drifted from it (a write that bypassed the rules); ``cause`` says what was found. Made by
@@ -153,6 +164,7 @@ Action = Annotated[
     | RestoreTicket
     | MessageReceived
     | MergeConversation
+    | RerouteTicket
     | Repair,
     Field(discriminator="kind"),
 ]

@@ -59,7 +59,7 @@ class LoadedCase:
 
 
 # What a case needs of its rows (whole ORM objects cost more to build than the rules do).
-_CONVERSATION_COLUMNS = (
+CONVERSATION_COLUMNS = (
     Conversation.id,
     Conversation.account_id,
     Conversation.inbox_id,
@@ -73,7 +73,7 @@ _CONVERSATION_COLUMNS = (
     Conversation.merged_into,
     Conversation.closed_at,
 )
-_TICKET_COLUMNS = (
+TICKET_COLUMNS = (
     Ticket.id,
     Ticket.account_id,
     Ticket.status,
@@ -113,7 +113,7 @@ def lock_case(
         if tickets_needed:
             ticket_rows = session.execute(
                 _locked(
-                    select(*_TICKET_COLUMNS)
+                    select(*TICKET_COLUMNS)
                     .where(among(session, Ticket.id, tickets_needed))
                     .order_by(Ticket.id),
                     lock,
@@ -125,11 +125,11 @@ def lock_case(
         if tickets_needed:
             members = or_(members, among(session, Conversation.ticket_id, tickets_needed))
         conv_rows = session.execute(
-            _locked(select(*_CONVERSATION_COLUMNS).where(members).order_by(Conversation.id), lock)
+            _locked(select(*CONVERSATION_COLUMNS).where(members).order_by(Conversation.id), lock)
         ).all()
         # A conversation may have joined a ticket between the first read and the lock.
         if all(cv.ticket_id is None or cv.ticket_id in tickets_needed for cv in conv_rows):
-            return _loaded(conv_rows, ticket_rows, snapshot)
+            return loaded_from(conv_rows, ticket_rows, snapshot)
     raise RuntimeError("case membership kept changing while locking")  # retried by the task
 
 
@@ -137,9 +137,11 @@ def _locked(query: Q, lock: bool) -> Q:
     return query.with_for_update() if lock else query
 
 
-def _loaded(
+def loaded_from(
     conv_rows: Iterable[Any], ticket_rows: Iterable[Any], snapshot: bool = True
 ) -> LoadedCase:
+    """A case from its rows (as ``lock_case`` selects them: ``CONVERSATION_COLUMNS``,
+    ``TICKET_COLUMNS``), locked by the caller."""
     case = Case()
     accounts: dict[tuple[str, int], int] = {}
     clocks: dict[tuple[str, int], datetime] = {}
@@ -217,24 +219,41 @@ def _copy(case: Case) -> Case:
 
 def save_case(session: Session, loaded: LoadedCase, occurred_at: datetime) -> None:
     """Write the fields the rules changed, and move the case's clock to ``occurred_at``."""
+    conversations, tickets = case_updates(loaded, occurred_at)
+    for values in conversations:
+        cid = values.pop("id")
+        session.execute(update(Conversation).where(Conversation.id == cid).values(**values))
+    for values in tickets:
+        tid = values.pop("id")
+        session.execute(update(Ticket).where(Ticket.id == tid).values(**values))
+
+
+def case_updates(
+    loaded: LoadedCase, occurred_at: datetime
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows to update (``id`` and the changed columns) for what the rules changed in the
+    case, conversations then tickets; and the case is taken as saved, its clock at
+    ``occurred_at``. Many cases' rows can then be written together (handlers/apply_batch.py)."""
     now = datetime.now(UTC)
+    conversations, tickets = [], []
     for cid, conv in loaded.case.conversations.items():
         values = _diff(loaded.before.conversations.get(cid), conv, _CONV_FIELDS, now)
         if "status" in values:  # when it was closed: a chat's reopen window counts from it
             values["closed_at"] = occurred_at if conv.status == "closed" else None
         if values or ("conversation", cid) in loaded.touched:
             values["last_change_at"] = max(occurred_at, loaded.last_change_at)
-            session.execute(update(Conversation).where(Conversation.id == cid).values(**values))
+            conversations.append({"id": cid, **values})
     for tid, ticket in loaded.case.tickets.items():
         values = _diff(loaded.before.tickets.get(tid), ticket, _TICKET_FIELDS, now)
         if values or ("ticket", tid) in loaded.touched:
             values["last_change_at"] = max(occurred_at, loaded.last_change_at)
-            session.execute(update(Ticket).where(Ticket.id == tid).values(**values))
+            tickets.append({"id": tid, **values})
     loaded.before = _copy(loaded.case)
     loaded.last_change_at = max(occurred_at, loaded.last_change_at)
     for key in loaded.clocks:
         loaded.clocks[key] = max(loaded.clocks[key], occurred_at)
     loaded.touched.clear()
+    return conversations, tickets
 
 
 def _diff(

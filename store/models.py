@@ -540,3 +540,64 @@ class EventAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)
     __table_args__ = (Index("ix_event_attempts_subscriber", "subscriber_id", "id"),)
+
+
+class BulkJob(Base):
+    """A bulk job (handlers/bulk.py): one action on a set of tickets or conversations frozen when
+    the job was made (``bulk_items``), run in chunks (``bulk_chunks``) on the ``bulk`` queue.
+    ``done`` / ``failed`` count items; ``generation`` is bumped by each retry of the failed ones
+    (their change ids carry it, so a retried item is a new change)."""
+
+    __tablename__ = "bulk_jobs"
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    action: Mapped[dict[str, Any]] = mapped_column(JSON)
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(30))
+    total: Mapped[int] = mapped_column(Integer)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    cause: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    __table_args__ = (
+        CheckConstraint(
+            "state IN ('running','paused','cancelled','completed','completed_with_failures')",
+            name="state_known",
+        ),
+    )
+
+
+class BulkChunk(Base):
+    """A slice of a job's items, run by one task. ``lease_until``: the chunk was published and is
+    someone's until then; a ``queued`` chunk of a running job whose lease ran out lost its task
+    (a worker killed, a broker message lost) and is published again by the periodic round."""
+
+    __tablename__ = "bulk_chunks"
+    job_id: Mapped[int] = mapped_column(ForeignKey("bulk_jobs.id"), primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(10))
+    lease_until: Mapped[datetime | None]
+    published: Mapped[int] = mapped_column(Integer, default=0)
+    __table_args__ = (
+        CheckConstraint("state IN ('queued','done')", name="state_known"),
+        Index("ix_bulk_chunks_state_lease", "state", "lease_until"),
+    )
+
+
+class BulkItem(Base):
+    """One target of a job: ``pending``, ``done`` or ``failed`` (``reason`` says why)."""
+
+    __tablename__ = "bulk_items"
+    job_id: Mapped[int] = mapped_column(ForeignKey("bulk_jobs.id"), primary_key=True)
+    target_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (
+        CheckConstraint("state IN ('pending','done','failed')", name="state_known"),
+        Index("ix_bulk_items_job_chunk", "job_id", "chunk"),
+        Index("ix_bulk_items_job_state", "job_id", "state"),
+    )

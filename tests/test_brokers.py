@@ -67,7 +67,7 @@ def test_the_queue_prefix_reaches_config_publishers_and_status(migrated: None) -
             scratch.remove_amqp(os.environ["CELERY_BROKER_URL"], probe)
     assert found["queues"] == [probe + q for q in QUEUES]
     assert found["default"] == probe + "inbox"
-    assert found["routes"] == [probe + "ingest", probe + "outbound"]
+    assert found["routes"] == [probe + q for q in ("bulk", "ingest", "outbound", "outbound")]
     assert found["exchanges"] == [probe + "celery", probe + "celeryev"]
     assert found["depths"] == {"ingest": 1, "inbox": 0, "helpdesk": 1, "outbound": 0, "bulk": 0}
     with app.connection_for_write() as conn:

@@ -341,6 +341,40 @@ def test_emit_is_what_other_parts_call_in_their_transaction(client, rx):
     assert rx.accepted[0].body["data"] == {"job_id": 7}
 
 
+def test_a_bulk_job_announces_each_items_effects_and_its_end(client, rx):
+    """Bulk items go through their own batch path (handlers/apply_batch.py): its changes write
+    their events as apply._record does, and the job's end writes ``bulk_job.finished`` in the
+    transaction that ends it."""
+    from handlers import bulk
+    from schemas.bulk import BulkJobIn
+    from tests.bulkhelp import Published, seed_tickets
+
+    acct = setup_account(client)
+    subscribe(client, acct, rx, types=["status.changed", "bulk_job.finished"])
+    owner = {"account": acct["account"]["id"], "inbox": acct["inbox"]}
+    tickets = seed_tickets(owner, 3)
+    out = Published()
+    spec = BulkJobIn.model_validate({"action": "close_tickets", "ids": tickets})
+    job = bulk.create(spec, owner["account"], {"via": "test"}, get_settings(), out)
+    out.drain()
+    pump_until(lambda: len(rx.accepted) >= 7 or None)  # 3 tickets + 3 conversations (S1) + end
+    bodies = [r.body for r in rx.accepted]
+    closed = [b["data"] for b in bodies if b["type"] == "status.changed"]
+    assert sorted((d["entity"], d["value"]) for d in closed) == sorted(
+        [("ticket", "closed")] * 3 + [("conversation", "closed")] * 3
+    )
+    assert all(d["change_id"].startswith(f"bulk:{job.id}:") for d in closed)
+    assert bodies[-1]["type"] == "bulk_job.finished"
+    assert bodies[-1]["data"] == {
+        "job_id": job.id,
+        "action": "close_tickets",
+        "state": "completed",
+        "total": 3,
+        "done": 3,
+        "failed": 0,
+    }
+
+
 # ---- each setting reaches its code ------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Periodic work, once per deployment however many processes run.
 
 Each round: publish again what was journaled but whose broker message was lost (deliveries,
-pending API changes: handlers/journal.py), recover replies whose worker died mid-send or whose
+pending API changes: handlers/journal.py), publish bulk chunks whose lease ran out
+(handlers/bulk.py ``sweep``), recover replies whose worker died mid-send or whose
 task was lost (handlers/outbound/replies.py ``sweep``), forget one-time webhook tokens older
 than the signature window, apply edits that raced their message (handlers/edits.py), and fan
 outbound events out to their subscribers and publish the subscribers that have one due
@@ -26,7 +27,7 @@ import socket
 import threading
 import uuid
 
-from handlers import edits, journal, reconcile
+from handlers import bulk, edits, journal, reconcile
 from handlers.outbound import event_delivery, replies
 from settings import Settings, get_settings
 from store import lease
@@ -42,7 +43,9 @@ PAGE = 1000  # a full page means there may be more; a short one ends the pass
 
 def round_once(settings: Settings) -> dict[str, int]:
     """One round of the periodic work; what it did, by kind."""
-    done = {"deliveries": 0, "changes": 0, "replies": 0, "tokens": 0, "edits": 0, "events": 0}
+    done = dict.fromkeys(
+        ("deliveries", "changes", "replies", "tokens", "edits", "events", "bulk"), 0
+    )
     done["tokens"] = journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
     while ids := journal.sweep(settings.sweep_after_s, limit=PAGE):
         for start in range(0, len(ids), settings.ingest_batch_max):
@@ -66,6 +69,7 @@ def round_once(settings: Settings) -> dict[str, int]:
             break
     for subscriber_id in event_delivery.due():
         publish.events(subscriber_id)
+    done["bulk"] = bulk.sweep(settings, publish.bulk_chunk)
     if done["deliveries"] or done["changes"]:
         log.warning(
             "re-enqueued %d deliveries and %d changes whose broker message was lost",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.pipeline import APPLY_TASK, INGEST_TASK
+from handlers.pipeline import APPLY_TASK, BULK_TASK, INGEST_TASK
 
 _RETRY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
 
@@ -67,6 +67,29 @@ def events(subscriber_id: int) -> None:
         DELIVER_TASK,
         args=[subscriber_id],
         queue=_queue("outbound"),
+        retry=True,
+        retry_policy=_RETRY,
+    )
+
+
+def bulk_chunk(job_id: int, chunk: int, countdown_s: float = 0.0) -> None:
+    """One ``bulk_chunk`` message on the ``bulk`` queue (handlers/bulk.py), to run now or in
+    ``countdown_s`` (a job's pacing). On RabbitMQ the wait is here instead, in the task that
+    publishes it: a countdown on a quorum queue would hold one of a worker's fixed prefetch
+    slots (see ``reply``); a bulk worker waiting is what pacing means anyway."""
+    import time
+
+    from settings import get_settings
+    from workers.app import app
+
+    if countdown_s > 0 and get_settings().is_amqp_broker:
+        time.sleep(countdown_s)
+        countdown_s = 0.0
+    app.send_task(
+        BULK_TASK,
+        args=[job_id, chunk],
+        countdown=countdown_s or None,
+        queue=_queue("bulk"),
         retry=True,
         retry_policy=_RETRY,
     )

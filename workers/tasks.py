@@ -19,7 +19,7 @@ from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from handlers import deadletters, pipeline
+from handlers import bulk_run, deadletters, pipeline
 from handlers.outbound import event_delivery, replies
 from observability import logs, metrics
 from settings import get_settings
@@ -94,6 +94,14 @@ def apply_change(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
         result = pipeline.run_change(envelope)
         log.info("change %s", result.get("outcome"))
     return result
+
+
+@app.task(name=pipeline.BULK_TASK, base=InboxsyncTask, bind=True)
+def bulk_chunk(self: Task, job_id: int, chunk: int) -> dict[str, int]:
+    with logs.bind(bulk_job=job_id, chunk=chunk, task_id=self.request.id):
+        counts = bulk_run.run_chunk(job_id, chunk, get_settings(), publish.bulk_chunk)
+        log.info("bulk chunk run", extra={"fields": counts})
+    return counts
 
 
 @app.task(name=replies.SEND_TASK, base=InboxsyncTask, bind=True)
