@@ -193,3 +193,28 @@ def test_status_names_the_workers_that_answer_a_ping(db: None) -> None:
     finally:
         stop(proc)
     assert len(alive) == 1 and alive[0].startswith("celery@")
+
+
+def test_the_bulk_queue_shows_its_oldest_running_job(make_account: Any) -> None:
+    """Bulk jobs keep their work in the store (chunks, items): the queue's oldest work is the
+    oldest job still running; a finished one is not work."""
+    from handlers import bulk
+    from schemas.bulk import BulkJobIn
+    from store.models import BulkJob
+    from tests.bulkhelp import Published, seed_tickets
+
+    acct = make_account()
+    spec = BulkJobIn.model_validate({"action": "close_tickets", "ids": seed_tickets(acct, 2)})
+    job = bulk.create(spec, acct["account"], {"via": "test"}, get_settings(), Published())
+    with transaction() as session:
+        session.execute(
+            update(BulkJob)
+            .where(BulkJob.id == job.id)
+            .values(created_at=datetime.now(UTC) - timedelta(minutes=3))
+        )
+    found = {q.name: q for q in gather().queues}["bulk"]
+    assert found.oldest_of == "running bulk job"
+    assert found.oldest_age_s is not None and found.oldest_age_s >= 180
+    with transaction() as session:
+        session.execute(update(BulkJob).where(BulkJob.id == job.id).values(state="completed"))
+    assert {q.name: q for q in gather().queues}["bulk"].oldest_age_s is None

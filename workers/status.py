@@ -5,7 +5,7 @@ waiting, the replies due, and who holds the periodic lease.
 The broker says how many messages wait; the store says how old the oldest work is, because a
 message carries no age a broker will tell (and the journals outlive lost messages): the oldest
 journaled delivery for ``ingest``, the oldest pending change of ``inbox`` and ``helpdesk``, the
-reply longest overdue for ``outbound``. ``bulk`` keeps nothing in the store. RabbitMQ in
+reply longest overdue for ``outbound``, the oldest running bulk job for ``bulk``. RabbitMQ in
 particular answers a queue's depth (``queue.declare``) but not the age of its oldest message:
 AMQP 0-9-1 can only read a message by taking it (``basic.get``), which would hand it out, count a
 delivery on a quorum queue and put it back at another place; so the report never asks, and says so.
@@ -26,7 +26,7 @@ from schemas.ops import Backlog, LeaseStatus, QueueStatus, Status
 from settings import QUEUES, get_settings
 from store import lease
 from store.db import reading
-from store.models import DeadLetter, Delivery, Lease, PendingChange, Reply
+from store.models import BulkJob, DeadLetter, Delivery, Lease, PendingChange, Reply
 
 __all__ = ["QUEUES", "depth", "gather"]
 PERIODIC = "periodic"  # workers/periodic.py LEASE
@@ -41,6 +41,9 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         pending = {q: _backlog(session, PendingChange.enqueued_at, now, queue=q) for q in QUEUES}
         pending_all = _backlog(session, PendingChange.enqueued_at, now)
         due = _due_replies(session, now)
+        running = session.scalar(
+            select(func.min(BulkJob.created_at)).where(BulkJob.state == "running")
+        )
         waiting = session.scalar(
             select(func.count()).select_from(DeadLetter).where(DeadLetter.state == "waiting")
         )
@@ -51,6 +54,7 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         "inbox": (pending["inbox"].oldest_age_s, "pending change"),
         "helpdesk": (pending["helpdesk"].oldest_age_s, "pending change"),
         "outbound": (due.oldest_age_s, "reply due"),
+        "bulk": (_age(running, now), "running bulk job"),
     }
     alive, note = _workers(ping_timeout_s)
     held = lease.holder_of(PERIODIC)
