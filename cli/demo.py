@@ -78,6 +78,8 @@ def run(*, keep: bool = False) -> int:
     # The demo's Postmark and WhatsApp Graph API are stand-ins on loopback, an address workers
     # otherwise refuse to take an inbox's credentials to (handlers/netguard.py).
     env["INBOXSYNC_OUTBOUND_ALLOW_PRIVATE"] = "true"
+    # Outbound events go out from the periodic round: every second here, not every 15.
+    env["INBOXSYNC_SWEEP_INTERVAL_S"] = "1"
     embedded = settings.database_url is None and settings.celery_broker_url is None
     if embedded:
         data_dir = settings.data_dir.resolve() / "demo"
@@ -120,6 +122,9 @@ def run(*, keep: bool = False) -> int:
         from cli.demo_chat import whatsapp_round_trip  # imports this module
 
         whatsapp_round_trip(http, scene[2]["auth"], stack)
+        from cli.demo_ops import operations_round_trip
+
+        operations_round_trip(http, scene[0], stack)
     console.rule("[bold green]demo finished")
     return 0
 
@@ -340,14 +345,17 @@ class StandIn:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.received: list[dict[str, Any]] = []
+        self.raw: list[tuple[dict[str, str], bytes]] = []  # every POST's headers and bytes
+        raw = self.raw
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                status, payload = answer(self.path, self.headers, body)
+                data = self.rfile.read(int(self.headers["content-length"]))
+                raw.append((dict(self.headers.items()), data))
+                status, payload = answer(self.path, self.headers, json.loads(data))
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -95,3 +95,25 @@ def test_the_demos_whatsapp_round_trip(client: TestClient):
     assert view["messages"][1]["delivery"] == "sent"
     # The answer is dated before the reply by her phone and listed after it (stored order).
     assert view["messages"][2]["sent_at"] < view["messages"][1]["sent_at"]
+
+
+def test_the_demos_operations_round_trip(client: TestClient):
+    """cli/demo_ops.py: a subscriber hears a bulk job's events (signatures verified by the
+    demo's receiver) and the ticket's history names the job."""
+    from cli import demo_ops
+    from tests.bulkhelp import seed_tickets
+
+    acct = new_account()
+    token = client.post(f"/accounts/{acct['account']}/tokens", json={}, headers=ADMIN).json()
+    auth = {"Authorization": f"Bearer {token['token']}"}
+    [ticket] = seed_tickets(acct, 1)
+    worker = start_worker("--pool", "solo")
+    try:
+        with ExitStack() as stack:
+            demo_ops.operations_round_trip(client, {"auth": auth, "ticket": ticket}, stack)
+    finally:
+        stop(worker)
+    history = client.get(f"/tickets/{ticket}/history", headers=auth).json()
+    assert history["entries"][-1]["cause"]["via"] == "bulk"
+    assert history["entries"][-1]["event_id"].startswith("bulk:")
+    assert client.get(f"/tickets/{ticket}", headers=auth).json()["status"] == "closed"
