@@ -390,20 +390,7 @@ def _record(
         )
     )
     if folded.effects:
-        session.execute(
-            insert(EffectRow),
-            [
-                {
-                    "change_id": env.id,
-                    "entity": e.entity,
-                    "entity_id": e.entity_id,
-                    "field": e.field,
-                    "value": None if e.value is None else str(e.value),
-                    "rule": e.rule,
-                }
-                for e in folded.effects
-            ],
-        )
+        session.execute(insert(EffectRow), effect_rows(env.id, folded.effects))
         events.emit_many(session, events.of_effects(env.account_id, env.id, _shown(folded)))
     return result
 
@@ -413,3 +400,18 @@ def _shown(folded: Folded) -> list[dict[str, Any]]:
     is not announced, its overrider was."""
     over = {(s["entity"], s["id"], s["field"]) for s in folded.superseded}
     return [e.as_dict() for e in folded.effects if (e.entity, e.entity_id, e.field) not in over]
+
+
+def effect_rows(change_id: str, effects: list[Effect]) -> list[dict[str, Any]]:
+    """The ``effects`` rows of one change: what it set, field by field, with the rule."""
+    return [
+        {
+            "change_id": change_id,
+            "entity": e.entity,
+            "entity_id": e.entity_id,
+            "field": e.field,
+            "value": None if e.value is None else str(e.value),
+            "rule": e.rule,
+        }
+        for e in effects
+    ]

@@ -241,17 +241,7 @@ def _record(
             "cause": env.cause or None,
         }
     )
-    done._writes["effects"] += [
-        {
-            "change_id": env.id,
-            "entity": e.entity,
-            "entity_id": e.entity_id,
-            "field": e.field,
-            "value": None if e.value is None else str(e.value),
-            "rule": e.rule,
-        }
-        for e in effects
-    ]
+    done._writes["effects"] += apply.effect_rows(env.id, effects)
     # As apply._record: the outbound events of its effects (a batch change is never late, so
     # none is superseded).
     done._events += events.of_effects(env.account_id, env.id, result.effects)

@@ -785,3 +785,18 @@ def check_nothing_half_written(session: Session) -> None:
         select(func.count()).select_from(Thread).where(Thread.conversation_id.is_(None))
     )
     assert loose == 0, "a thread id without a conversation"
+
+
+def new_inbox(account: int, provider: str, channel: str, secrets: dict[str, Any]) -> int:
+    """A new inbox of ``provider``'s for one example: what an example stored is no duplicate
+    of another's."""
+    from store.db import transaction
+    from store.models import Inbox
+
+    with transaction() as session:
+        row = Inbox(
+            account_id=account, name=provider, channel=channel, provider=provider, secrets=secrets
+        )
+        session.add(row)
+        session.flush()
+        return row.id

@@ -18,6 +18,7 @@ from api.app import create_app
 from handlers import apply
 from handlers.outbound import event_delivery
 from schemas import changes as c
+from schemas.events import EVENT_TYPES
 from settings import get_settings
 from store.db import reading, transaction
 from store.models import EventAttempt, EventDelivery, OutboundEvent, Subscriber
@@ -25,17 +26,7 @@ from tests.apihelp import ADMIN, eventually, setup_account
 from tests.fake_receiver import Receiver, receiver
 from tests.storehelp import at, change, conversation, count, run
 
-ALL = [
-    "conversation.created",
-    "message.received",
-    "ticket.created",
-    "owner.changed",
-    "status.changed",
-    "ticket.moved",
-    "deleted",
-    "restored",
-    "bulk_job.finished",
-]
+ALL = list(EVENT_TYPES)
 
 
 @pytest.fixture

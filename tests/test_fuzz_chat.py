@@ -52,8 +52,8 @@ from handlers.channels.twilio import sign as twilio_sign
 from handlers.channels.whatsapp import sign as whatsapp_sign
 from handlers.outbound.widget import sign as widget_sign
 from settings import get_settings
-from store.db import reading, transaction
-from store.models import DeadLetter, DeliveryOutcome, Inbox
+from store.db import reading
+from store.models import DeadLetter, DeliveryOutcome
 from tests import fuzzhelp
 from tests.fuzzhelp import any_text, tally
 from tests.storehelp import new_account
@@ -309,17 +309,7 @@ class Edge:
 
     def inbox(self, provider: str) -> int:
         """A new chat inbox of ``provider``'s: each example its own."""
-        with transaction() as session:
-            row = Inbox(
-                account_id=self.account,
-                name=provider,
-                channel="chat",
-                provider=provider,
-                secrets=SECRETS[provider],
-            )
-            session.add(row)
-            session.flush()
-            return row.id
+        return fuzzhelp.new_inbox(self.account, provider, "chat", SECRETS[provider])
 
     def post(self, inbox: int, post: Post) -> list[int]:
         """Post at the edge and check its answer; the deliveries it journaled."""

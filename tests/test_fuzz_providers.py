@@ -51,10 +51,8 @@ from handlers.channels.generic import sign as generic_sign
 from handlers.channels.mailgun import sign as mailgun_sign
 from handlers.channels.ses import SesAdapter, string_to_sign
 from settings import get_settings
-from store.db import transaction
 from store.models import (
     DeliveryOutcome,
-    Inbox,
     Message,
 )
 from tests import fuzzhelp
@@ -433,17 +431,7 @@ class Edge:
     def inbox(self, provider: str) -> int:
         """A new inbox of ``provider``'s: each example its own, so that a mail an example stored
         is not a duplicate when another (or the same, replayed to report it) sends it again."""
-        with transaction() as session:
-            row = Inbox(
-                account_id=self.account,
-                name=provider,
-                channel="email",
-                provider=provider,
-                secrets=SECRETS[provider],
-            )
-            session.add(row)
-            session.flush()
-            return row.id
+        return fuzzhelp.new_inbox(self.account, provider, "email", SECRETS[provider])
 
     def post(self, inbox: int, post: Post) -> list[int]:
         """Post at the edge and check its answer; the deliveries it journaled."""
