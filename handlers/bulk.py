@@ -30,10 +30,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, insert, literal, select, update
+from sqlalchemy import Select, case, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
-from handlers import events
+from handlers import events, journal
 from schemas.bulk import ENDED, RESTORE_KINDS, BulkFailure, BulkJobIn, BulkJobOut, entity_of
 from settings import Settings
 from store import bulk as batch
@@ -222,12 +222,24 @@ def dispatch(session: Session, job_id: int, settings: Settings) -> list[int]:
         session.execute(
             update(BulkChunk)
             .where(BulkChunk.job_id == job_id, BulkChunk.chunk.in_(chunks))
-            .values(
-                lease_until=now + timedelta(seconds=settings.bulk_chunk_lease_s),
-                published=BulkChunk.published + 1,
-            )
+            .values(lease_until=_lease(now, settings), published=BulkChunk.published + 1)
         )
     return chunks
+
+
+def _lease(now: datetime, settings: Settings) -> Any:
+    """``bulk_chunk_lease_s``, doubled for each earlier publish of the chunk, up to 16 times (as
+    the journal sweep backs off, handlers/journal.py): a chunk that fails as a whole, or is only
+    slow, is not published again every lease period for ever."""
+    lease = [
+        now + timedelta(seconds=settings.bulk_chunk_lease_s * 2**n)
+        for n in range(journal.BACKOFF_MAX_DOUBLINGS + 1)
+    ]
+    bound = [literal(at, type_=BulkChunk.lease_until.type) for at in lease]
+    return case(
+        *((BulkChunk.published == n, bound[n]) for n in range(journal.BACKOFF_MAX_DOUBLINGS)),
+        else_=bound[-1],
+    )
 
 
 def maybe_finish(session: Session, job: BulkJob) -> bool:

@@ -291,6 +291,16 @@ def test_a_lost_chunk_is_published_again_by_the_sweep(db: None) -> None:
         session.execute(update(BulkChunk).values(lease_until=datetime(2020, 1, 1, tzinfo=UTC)))
     again = Published()
     assert bulk.sweep(settings, again) == 1
+    # Published a second time: it is held twice as long before the next (journal-like backoff).
+    with reading() as session:
+        lease_until, published = session.execute(
+            select(BulkChunk.lease_until, BulkChunk.published).where(
+                BulkChunk.job_id == job.id, BulkChunk.chunk == again.chunks[0][1]
+            )
+        ).one()
+    assert published == 2
+    left = (lease_until - datetime.now(UTC)).total_seconds()
+    assert 1.5 * settings.bulk_chunk_lease_s < left <= 2 * settings.bulk_chunk_lease_s
     again.drain(settings)
     assert bulk.get(job.id, None).state == "completed"
 
