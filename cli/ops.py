@@ -119,6 +119,11 @@ def _print_status(found: Status) -> None:
         ("workers alive", workers.strip()),
         ("dead letters waiting", str(found.dead_letters_waiting)),
         ("replies due", str(found.replies_due)),
+        (
+            "events pending",
+            f"{found.events_pending.count} (oldest {_age(found.events_pending.oldest_age_s)})",
+        ),
+        ("subscribers disabled", str(found.subscribers_disabled)),
         ("periodic lease", periodic),
         ("reconciliation", reconciliation),
     ):

@@ -119,6 +119,14 @@ class Status(BaseModel):
     dead_letters_waiting: int
     replies_due: int
     periodic: LeaseStatus | None
+    events_pending: Backlog = Field(
+        default_factory=lambda: Backlog(count=0, oldest_age_s=None),
+        description="Outbound events not yet delivered to enabled subscribers; the age is the "
+        "oldest such event's.",
+    )
+    subscribers_disabled: int = Field(
+        default=0, description="Subscribers disabled after failing (re-enable them: README)."
+    )
     reconcile: LeaseStatus | None = Field(
         default=None,
         description="The last reconciliation turn (INBOXSYNC_RECONCILE_INTERVAL_S): who ran it, "

@@ -218,3 +218,46 @@ def test_the_bulk_queue_shows_its_oldest_running_job(make_account: Any) -> None:
     with transaction() as session:
         session.execute(update(BulkJob).where(BulkJob.id == job.id).values(state="completed"))
     assert {q.name: q for q in gather().queues}["bulk"].oldest_age_s is None
+
+
+def test_status_counts_events_waiting_and_subscribers_disabled(make_account: Any) -> None:
+    """An operator sees outbound events held up (a receiver down) and who was disabled."""
+    from store.models import EventDelivery, OutboundEvent, Subscriber
+
+    acct = make_account()
+    now = datetime.now(UTC)
+    with transaction() as session:
+        up, down = (
+            Subscriber(
+                account_id=acct["account"],
+                url="https://hooks.example.com/x",
+                types=["status.changed"],
+                secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                enabled=enabled,
+                created_at=now,
+            )
+            for enabled in (True, False)
+        )
+        session.add_all([up, down])
+        event = OutboundEvent(
+            account_id=acct["account"],
+            type="status.changed",
+            data={},
+            created_at=now - timedelta(minutes=5),
+            fanned_out=True,
+        )
+        session.add(event)
+        session.flush()
+        for subscriber in (up, down):
+            session.add(
+                EventDelivery(
+                    subscriber_id=subscriber.id, event_id=event.id, state="pending", created_at=now
+                )
+            )
+    found = gather()
+    assert found.events_pending.count == 1  # the disabled one's wait is counted apart
+    assert (found.events_pending.oldest_age_s or 0) >= 300
+    assert found.subscribers_disabled == 1
+    table = run("status")
+    assert "events pending" in table and "1 (oldest 5 min)" in table
+    assert "subscribers disabled" in table

@@ -1,6 +1,7 @@
 """What the deployment is doing, for ``inboxsync status``: each queue's depth on the broker and
 the age of its oldest work in the store, the backlogs, the workers that answer, the dead letters
-waiting, the replies due, and who holds the periodic lease.
+waiting, the replies due, the outbound events not delivered yet and the subscribers disabled,
+and who holds the periodic lease.
 
 The broker says how many messages wait; the store says how old the oldest work is, because a
 message carries no age a broker will tell (and the journals outlive lost messages): the oldest
@@ -26,7 +27,17 @@ from schemas.ops import Backlog, LeaseStatus, QueueStatus, Status
 from settings import QUEUES, get_settings
 from store import lease
 from store.db import reading
-from store.models import BulkJob, DeadLetter, Delivery, Lease, PendingChange, Reply
+from store.models import (
+    BulkJob,
+    DeadLetter,
+    Delivery,
+    EventDelivery,
+    Lease,
+    OutboundEvent,
+    PendingChange,
+    Reply,
+    Subscriber,
+)
 
 __all__ = ["QUEUES", "depth", "gather"]
 PERIODIC = "periodic"  # workers/periodic.py LEASE
@@ -41,6 +52,10 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         pending = {q: _backlog(session, PendingChange.enqueued_at, now, queue=q) for q in QUEUES}
         pending_all = _backlog(session, PendingChange.enqueued_at, now)
         due = _due_replies(session, now)
+        events = _events_pending(session, now)
+        disabled = session.scalar(
+            select(func.count()).select_from(Subscriber).where(Subscriber.enabled.is_(False))
+        )
         running = session.scalar(
             select(func.min(BulkJob.created_at)).where(BulkJob.state == "running")
         )
@@ -77,6 +92,8 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         workers_note=note,
         dead_letters_waiting=waiting or 0,
         replies_due=due.count,
+        events_pending=events,
+        subscribers_disabled=disabled or 0,
         periodic=None
         if held is None or expires is None
         else LeaseStatus(
@@ -155,6 +172,18 @@ def _due_replies(session: Session, now: datetime) -> Backlog:
         select(func.count(), func.min(Reply.next_attempt_at)).where(
             Reply.state == "queued", Reply.next_attempt_at <= now
         )
+    ).one()
+    return Backlog(count=count, oldest_age_s=_age(oldest, now))
+
+
+def _events_pending(session: Session, now: datetime) -> Backlog:
+    """Events waiting for an enabled subscriber (a disabled one's wait is counted apart)."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(OutboundEvent.created_at))
+        .select_from(EventDelivery)
+        .join(OutboundEvent, OutboundEvent.id == EventDelivery.event_id)
+        .join(Subscriber, Subscriber.id == EventDelivery.subscriber_id)
+        .where(EventDelivery.state == "pending", Subscriber.enabled.is_(True))
     ).one()
     return Backlog(count=count, oldest_age_s=_age(oldest, now))
 
