@@ -91,7 +91,8 @@ class StoreCollector(Collector):
         from sqlalchemy import func, select
 
         from store.db import reading
-        from store.models import DeadLetter, Delivery, PendingChange, Reply
+        from store.models import BulkJob, DeadLetter, Delivery, PendingChange, Reply, Subscriber
+        from workers.status import events_pending
 
         now = datetime.now(UTC)
         with reading() as session:
@@ -106,6 +107,13 @@ class StoreCollector(Collector):
                     select(func.count()).select_from(DeadLetter).where(_waiting(DeadLetter))
                 )
                 or 0
+            )
+            events = events_pending(session, now)
+            disabled = session.scalar(
+                select(func.count()).select_from(Subscriber).where(Subscriber.enabled.is_(False))
+            )
+            jobs = dict(
+                session.execute(select(BulkJob.state, func.count()).group_by(BulkJob.state)).all()
             )
         yield GaugeMetricFamily(
             "inboxsync_journal_backlog", "Accepted deliveries not stored yet", value=backlog
@@ -125,6 +133,27 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "inboxsync_dead_letters_waiting", "Dead letters not replayed or discarded", value=dead
         )
+        yield GaugeMetricFamily(
+            "inboxsync_events_pending",
+            "Outbound events not delivered yet to enabled subscribers",
+            value=events.count,
+        )
+        yield GaugeMetricFamily(
+            "inboxsync_events_oldest_seconds",
+            "Age of the oldest outbound event not delivered yet to an enabled subscriber",
+            value=events.oldest_age_s or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "inboxsync_subscribers_disabled",
+            "Event subscribers disabled after failing",
+            value=disabled or 0,
+        )
+        by_job_state = GaugeMetricFamily(
+            "inboxsync_bulk_jobs", "Bulk jobs by state", labels=["state"]
+        )
+        for state in ("running", "paused", "cancelled", "completed", "completed_with_failures"):
+            by_job_state.add_metric([state], jobs.get(state, 0))
+        yield by_job_state
         depth = GaugeMetricFamily(
             "inboxsync_queue_depth", "Messages waiting on the broker", labels=["queue"]
         )

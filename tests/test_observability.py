@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -70,6 +71,39 @@ def test_counts_move_when_their_things_happen(client):
     assert moved("inboxsync_http_requests_total", route="/accounts", code="201") == 0
     assert sample(after, "inboxsync_journal_backlog") == 0
     assert "inboxsync_queue_depth" in after and "inboxsync_replies" in after
+    for gauge in ("inboxsync_events_pending", "inboxsync_subscribers_disabled"):
+        assert sample(after, gauge) == 0, gauge
+    assert sample(after, "inboxsync_bulk_jobs", state="running") == 0
+
+
+def test_event_and_bulk_gauges_read_the_store(client):
+    """What an operator alerts on for outbound events and bulk jobs (README Operating)."""
+    from handlers import bulk
+    from schemas.bulk import BulkJobIn
+    from settings import get_settings
+    from store.db import transaction
+    from store.models import Subscriber
+    from tests.bulkhelp import Published, seed_tickets
+
+    acct = setup_account(client)
+    owner = {"account": acct["account"]["id"], "inbox": acct["inbox"]}
+    spec = BulkJobIn.model_validate({"action": "close_tickets", "ids": seed_tickets(owner, 1)})
+    bulk.create(spec, owner["account"], {"via": "test"}, get_settings(), Published())
+    with transaction() as session:
+        session.add(
+            Subscriber(
+                account_id=owner["account"],
+                url="https://hooks.example.com/x",
+                types=["status.changed"],
+                secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                enabled=False,
+                created_at=datetime.now(UTC),
+            )
+        )
+    found = scrape(client)
+    assert sample(found, "inboxsync_bulk_jobs", state="running") == 1
+    assert sample(found, "inboxsync_subscribers_disabled") == 1
+    assert sample(found, "inboxsync_events_pending") == 0
 
 
 @pytest.fixture

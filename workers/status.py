@@ -52,7 +52,7 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         pending = {q: _backlog(session, PendingChange.enqueued_at, now, queue=q) for q in QUEUES}
         pending_all = _backlog(session, PendingChange.enqueued_at, now)
         due = _due_replies(session, now)
-        events = _events_pending(session, now)
+        events = events_pending(session, now)
         disabled = session.scalar(
             select(func.count()).select_from(Subscriber).where(Subscriber.enabled.is_(False))
         )
@@ -176,7 +176,7 @@ def _due_replies(session: Session, now: datetime) -> Backlog:
     return Backlog(count=count, oldest_age_s=_age(oldest, now))
 
 
-def _events_pending(session: Session, now: datetime) -> Backlog:
+def events_pending(session: Session, now: datetime) -> Backlog:
     """Events waiting for an enabled subscriber (a disabled one's wait is counted apart)."""
     count, oldest = session.execute(
         select(func.count(), func.min(OutboundEvent.created_at))
