@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     events_disable_after_s: float = Field(default=3 * 24 * 3600.0, ge=0)
     events_secret_overlap_s: float = Field(default=24 * 3600.0, ge=0)
     events_lease_s: float = Field(default=60.0, gt=0)
+    # How often the deployment fans new events out and publishes the subscribers that have one
+    # due (one process at a time, under the store's lease ``events``): an event's latency.
+    events_interval_s: float = Field(default=2.0, gt=0)
     # Events, delivered deliveries and the delivery log are kept this long (replay reaches back
     # as far), then forgotten, once an hour (workers/periodic.py).
     events_retention_days: float = Field(default=30.0, gt=0)

@@ -78,8 +78,8 @@ def run(*, keep: bool = False) -> int:
     # The demo's Postmark and WhatsApp Graph API are stand-ins on loopback, an address workers
     # otherwise refuse to take an inbox's credentials to (handlers/netguard.py).
     env["INBOXSYNC_OUTBOUND_ALLOW_PRIVATE"] = "true"
-    # Outbound events go out from the periodic round: every second here, not every 15.
-    env["INBOXSYNC_SWEEP_INTERVAL_S"] = "1"
+    # Outbound events go out every half second here, not every 2.
+    env["INBOXSYNC_EVENTS_INTERVAL_S"] = "0.5"
     embedded = settings.database_url is None and settings.celery_broker_url is None
     if embedded:
         data_dir = settings.data_dir.resolve() / "demo"

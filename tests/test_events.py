@@ -508,3 +508,31 @@ def test_cli_creates_lists_shows_replays_and_enables(client, rx, setting):
         "subscribers", "create", "--account", account, "--url", rx.url, "--type", "deleted"
     )
     assert refused.exit_code == 2 and "url" in refused.output
+
+
+def test_events_interval_setting_is_the_clock_events_go_out_on(client, rx, setting, monkeypatch):
+    """Events do not wait for a sweep round: a scheduler fans them out and publishes their
+    subscriber every ``INBOXSYNC_EVENTS_INTERVAL_S``, under the lease ``events``."""
+    import time
+
+    from store import lease
+    from workers import periodic
+
+    published: list[int] = []
+    monkeypatch.setattr(periodic.publish, "events", published.append)
+    acct = setup_account(client)
+    made = subscribe(client, acct, rx)
+    conversation(acct["inbox"], "t1")
+    for interval, expect in ((600.0, False), (0.2, True)):
+        setting("INBOXSYNC_EVENTS_INTERVAL_S", str(interval))
+        setting("INBOXSYNC_SWEEP_INTERVAL_S", "600")
+        scheduler = periodic.Scheduler(get_settings()).start()
+        try:
+            if expect:
+                eventually(lambda: made["id"] in published, timeout=10)
+                assert lease.holder_of(periodic.EVENTS_LEASE)[0] == scheduler.holder
+            else:
+                time.sleep(1.0)
+                assert published == []
+        finally:
+            scheduler.stop()

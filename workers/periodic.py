@@ -4,9 +4,10 @@ Each round: publish again what was journaled but whose broker message was lost (
 pending API changes: handlers/journal.py), publish bulk chunks whose lease ran out
 (handlers/bulk.py ``sweep``), recover replies whose worker died mid-send or whose
 task was lost (handlers/outbound/replies.py ``sweep``), forget one-time webhook tokens older
-than the signature window, apply edits that raced their message (handlers/edits.py), and fan
-outbound events out to their subscribers and publish the subscribers that have one due
-(handlers/outbound/event_delivery.py).
+than the signature window, apply edits that raced their message (handlers/edits.py).
+Outbound events are fanned out to their subscribers, and the subscribers that have one due
+published (handlers/outbound/event_delivery.py), on a clock of their own
+(``INBOXSYNC_EVENTS_INTERVAL_S``, 2 s) under the lease ``events``.
 Reconciliation (handlers/reconcile.py) runs from the same turns under a lease of its own,
 ``reconcile``, at most once per ``INBOXSYNC_RECONCILE_INTERVAL_S`` in the deployment.
 Old outbound events and their delivery log are forgotten once an hour under the lease
@@ -36,6 +37,7 @@ from workers import publish
 log = logging.getLogger(__name__)
 LEASE = "periodic"
 RECONCILE_LEASE = "reconcile"
+EVENTS_LEASE = "events"
 EVENTS_PRUNE_LEASE = "events_prune"
 EVENTS_PRUNE_EVERY_S = 3600.0
 PAGE = 1000  # a full page means there may be more; a short one ends the pass
@@ -43,9 +45,7 @@ PAGE = 1000  # a full page means there may be more; a short one ends the pass
 
 def round_once(settings: Settings) -> dict[str, int]:
     """One round of the periodic work; what it did, by kind."""
-    done = dict.fromkeys(
-        ("deliveries", "changes", "replies", "tokens", "edits", "events", "bulk"), 0
-    )
+    done = dict.fromkeys(("deliveries", "changes", "replies", "tokens", "edits", "bulk"), 0)
     done["tokens"] = journal.forget_tokens(2 * settings.webhook_tolerance_seconds)
     while ids := journal.sweep(settings.sweep_after_s, limit=PAGE):
         for start in range(0, len(ids), settings.ingest_batch_max):
@@ -63,12 +63,6 @@ def round_once(settings: Settings) -> dict[str, int]:
         publish.reply(reply_id)
         done["replies"] += 1
     done["edits"] = edits.sweep()
-    while (fanned := event_delivery.fan_out(limit=PAGE)) > 0:
-        done["events"] += fanned
-        if fanned < PAGE:
-            break
-    for subscriber_id in event_delivery.due():
-        publish.events(subscriber_id)
     done["bulk"] = bulk.sweep(settings, publish.bulk_chunk)
     if done["deliveries"] or done["changes"]:
         log.warning(
@@ -79,6 +73,21 @@ def round_once(settings: Settings) -> dict[str, int]:
     return done
 
 
+def events_once() -> int:
+    """Fan new outbound events out to their subscribers and publish each subscriber that has one
+    due (handlers/outbound/event_delivery.py); how many events were fanned out. One writer at a
+    time (the lease ``events``): whatever order transactions commit in, none is missed or
+    doubled."""
+    fanned = 0
+    while (page := event_delivery.fan_out(limit=PAGE)) > 0:
+        fanned += page
+        if page < PAGE:
+            break
+    for subscriber_id in event_delivery.due():
+        publish.events(subscriber_id)
+    return fanned
+
+
 class Scheduler:
     """Rounds every ``sweep_interval_s`` in a daemon thread, under the store's lease."""
 
@@ -87,16 +96,39 @@ class Scheduler:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._events: threading.Thread | None = None
 
     def start(self) -> Scheduler:
         self._thread = threading.Thread(target=self.run, name="periodic", daemon=True)
         self._thread.start()
+        self._events = threading.Thread(target=self.run_events, name="events", daemon=True)
+        self._events.start()
         return self
 
     def run(self) -> None:
         interval = self.settings.sweep_interval_s
         while not self._stop.wait(interval):
             self.tick()
+
+    def run_events(self) -> None:
+        """Outbound events on their own, shorter clock (``events_interval_s``): an event goes
+        out within about that, not within a sweep round."""
+        interval = self.settings.events_interval_s
+        while not self._stop.wait(interval):
+            self.events_turn()
+
+    def events_turn(self) -> bool:
+        """Fan out and publish events if this process holds the lease ``events``."""
+        try:
+            if not lease.acquire(
+                EVENTS_LEASE, self.holder, ttl_s=3 * self.settings.events_interval_s
+            ):
+                return False
+            events_once()
+            return True
+        except Exception:
+            log.exception("outbound events turn failed; trying again")
+            return False
 
     def tick(self) -> bool:
         """One turn: a round if this process holds the lease; whether it did one. Then
@@ -148,9 +180,11 @@ class Scheduler:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in (self._thread, self._events):
+            if thread is not None:
+                thread.join(timeout=10)
         try:
             lease.release(LEASE, self.holder)
+            lease.release(EVENTS_LEASE, self.holder)
         except Exception:
             log.warning("could not release the periodic lease; it runs out by itself")
