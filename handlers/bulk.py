@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, insert, literal, select, update
+from sqlalchemy import Select, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from handlers import events, journal
@@ -231,15 +231,8 @@ def _lease(now: datetime, settings: Settings) -> Any:
     """``bulk_chunk_lease_s``, doubled for each earlier publish of the chunk, up to 16 times (as
     the journal sweep backs off, handlers/journal.py): a chunk that fails as a whole, or is only
     slow, is not published again every lease period for ever."""
-    lease = [
-        now + timedelta(seconds=settings.bulk_chunk_lease_s * 2**n)
-        for n in range(journal.BACKOFF_MAX_DOUBLINGS + 1)
-    ]
-    bound = [literal(at, type_=BulkChunk.lease_until.type) for at in lease]
-    return case(
-        *((BulkChunk.published == n, bound[n]) for n in range(journal.BACKOFF_MAX_DOUBLINGS)),
-        else_=bound[-1],
-    )
+    step = settings.bulk_chunk_lease_s
+    return journal.doubled(BulkChunk.lease_until, BulkChunk.published, now, step)
 
 
 def maybe_finish(session: Session, job: BulkJob) -> bool:

@@ -125,19 +125,20 @@ def forget_tokens(older_than_s: float) -> int:
 BACKOFF_MAX_DOUBLINGS = 4
 
 
+def doubled(column: Any, count: Any, now: datetime, step_s: float) -> Any:
+    """``now + step_s × 2^count`` (the doubling capped at ``BACKOFF_MAX_DOUBLINGS``) as one SQL
+    CASE over bound times, the same on both stores, typed as ``column`` so that each store
+    compares times as it stores them. A negative ``step_s`` gives the cut-off in the past."""
+    times = [now + timedelta(seconds=step_s * 2**n) for n in range(BACKOFF_MAX_DOUBLINGS + 1)]
+    bound = [literal(at, type_=column.type) for at in times]
+    return case(*((count == n, bound[n]) for n in range(BACKOFF_MAX_DOUBLINGS)), else_=bound[-1])
+
+
 def _due(column: Any, republished: Any, now: datetime, older_than_s: float) -> Any:
-    """Rows whose last publish is older than ``older_than_s`` × 2^republished (capped): one
-    CASE over bound cut-offs, the same SQL on both stores; the first test keeps the index."""
-    cutoffs = [
-        now - timedelta(seconds=older_than_s * 2**n) for n in range(BACKOFF_MAX_DOUBLINGS + 1)
-    ]
-    # Typed as the column, so that each store compares times as it stores them.
-    bound = [literal(cutoff, type_=column.type) for cutoff in cutoffs]
-    by_count = case(
-        *((republished == n, bound[n]) for n in range(BACKOFF_MAX_DOUBLINGS)),
-        else_=bound[-1],
-    )
-    return and_(column < cutoffs[0], column < by_count)
+    """Rows whose last publish is older than ``older_than_s`` × 2^republished (capped); the
+    first test keeps the index."""
+    first = now - timedelta(seconds=older_than_s)
+    return and_(column < first, column < doubled(column, republished, now, -older_than_s))
 
 
 def sweep(older_than_s: float, limit: int = 1000) -> list[int]:

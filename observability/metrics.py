@@ -91,8 +91,8 @@ class StoreCollector(Collector):
         from sqlalchemy import func, select
 
         from store.db import reading
-        from store.models import BulkJob, DeadLetter, Delivery, PendingChange, Reply, Subscriber
-        from workers.status import events_pending
+        from store.models import BulkJob, DeadLetter, Delivery, PendingChange, Reply
+        from workers.status import events_pending, subscribers_disabled
 
         now = datetime.now(UTC)
         with reading() as session:
@@ -109,9 +109,7 @@ class StoreCollector(Collector):
                 or 0
             )
             events = events_pending(session, now)
-            disabled = session.scalar(
-                select(func.count()).select_from(Subscriber).where(Subscriber.enabled.is_(False))
-            )
+            disabled = subscribers_disabled(session)
             jobs = dict(
                 session.execute(select(BulkJob.state, func.count()).group_by(BulkJob.state)).all()
             )

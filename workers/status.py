@@ -53,9 +53,7 @@ def gather(*, ping_timeout_s: float = 1.0, now: datetime | None = None) -> Statu
         pending_all = _backlog(session, PendingChange.enqueued_at, now)
         due = _due_replies(session, now)
         events = events_pending(session, now)
-        disabled = session.scalar(
-            select(func.count()).select_from(Subscriber).where(Subscriber.enabled.is_(False))
-        )
+        disabled = subscribers_disabled(session)
         running = session.scalar(
             select(func.min(BulkJob.created_at)).where(BulkJob.state == "running")
         )
@@ -186,6 +184,15 @@ def events_pending(session: Session, now: datetime) -> Backlog:
         .where(EventDelivery.state == "pending", Subscriber.enabled.is_(True))
     ).one()
     return Backlog(count=count, oldest_age_s=_age(oldest, now))
+
+
+def subscribers_disabled(session: Session) -> int:
+    return (
+        session.scalar(
+            select(func.count()).select_from(Subscriber).where(Subscriber.enabled.is_(False))
+        )
+        or 0
+    )
 
 
 def _age(oldest: datetime | None, now: datetime) -> float | None:
